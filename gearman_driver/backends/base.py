@@ -1,0 +1,101 @@
+"""The narrow seam between a child process and a Gearman worker library.
+
+A backend knows the worker side of the Gearman protocol and nothing of gearman-driver:
+it connects to every server, registers the functions it is given, takes one job at a time,
+hands it to a runner and sends back what the runner returns. Everything about user code
+(decode, hooks, encode, the scoreboard) lives in the runner, so backends stay swappable,
+as Gearman::Driver kept Adaptor::PP and Adaptor::XS apart.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Server = tuple[str, int]
+
+
+class GearmanJob(abc.ABC):
+    """The job a user's method receives: identity, raw workload, and a way to talk to the client."""
+
+    __slots__ = ("handle", "unique", "function", "workload")
+
+    def __init__(self, handle: bytes, unique: bytes, function: str, workload: bytes) -> None:
+        self.handle = handle
+        self.unique = unique
+        self.function = function
+        self.workload = workload
+
+    @abc.abstractmethod
+    def send_status(self, numerator: int, denominator: int) -> None:
+        """Send WORK_STATUS (progress) to a waiting client."""
+
+    @abc.abstractmethod
+    def send_data(self, data: bytes | str) -> None:
+        """Send WORK_DATA (partial result) to a waiting client."""
+
+    @abc.abstractmethod
+    def send_warning(self, data: bytes | str) -> None:
+        """Send WORK_WARNING to a waiting client."""
+
+    def __repr__(self) -> str:
+        return f"<GearmanJob {self.function} handle={self.handle!r} unique={self.unique!r}>"
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """What the runner tells the backend to send: WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION."""
+
+    status: Literal["complete", "fail", "exception"]
+    data: bytes = b""
+
+
+JobRunner = Callable[[GearmanJob], JobResult]
+"""Runs one job; never raises (the child's runner turns every user error into a JobResult)."""
+
+
+@dataclass(frozen=True)
+class BackendHooks:
+    """How a backend reports to the child and learns when to stop.
+
+    should_stop: polled between jobs and at least every `poll_interval` seconds while idle.
+    on_registered: called with the server once gearmand has confirmed (ECHO round trip after
+        CAN_DO) that this connection's functions are registered; again after each reconnect.
+    on_disconnected: called with the server when a connection is lost.
+    """
+
+    should_stop: Callable[[], bool]
+    on_registered: Callable[[Server], None] = lambda server: None
+    on_disconnected: Callable[[Server], None] = lambda server: None
+    poll_interval: float = 0.5
+
+
+class WorkerBackend(abc.ABC):
+    """One Gearman worker: all `servers`, all `functions` (name -> runner), one job at a time."""
+
+    name: str = "abstract"
+
+    def __init__(
+        self,
+        servers: Sequence[Server],
+        client_id: str,
+        functions: Mapping[str, JobRunner],
+        hooks: BackendHooks,
+        *,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.servers = list(servers)
+        self.client_id = client_id
+        self.functions = dict(functions)
+        self.hooks = hooks
+        self.max_backoff = max_backoff
+
+    @abc.abstractmethod
+    def run(self) -> None:
+        """Work until hooks.should_stop() is true; never returns while a job is in hand.
+
+        Reconnects with capped exponential backoff when every server is down, and keeps
+        working with the servers that are up when only some are.
+        """
