@@ -1,0 +1,147 @@
+"""The pygearman backend, wrapped where pygearman misbehaves on Python 3 (DESIGN.md).
+
+- task names are registered as bytes (a str name crashes the worker on the first job);
+- results always reach pygearman as bytes (anything else kills its process);
+- an ECHO round trip after CAN_DO tells us gearmand has registered the functions;
+- `work()` gives up when every server is down: we call it again with a capped backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gearman
+from gearman.errors import ServerUnavailable
+from gearman.protocol import GEARMAN_COMMAND_ECHO_REQ
+from gearman.worker_handler import GearmanWorkerCommandHandler
+
+from gearman_driver.backends.base import GearmanJob, JobResult, JobRunner, Server, WorkerBackend
+
+log = logging.getLogger(__name__)
+
+_ECHO_TOKEN = b"gearman-driver-registered"
+
+
+class _Job(GearmanJob):
+    __slots__ = ("_worker", "_raw")
+
+    def __init__(self, worker: _Worker, raw: Any, function: str) -> None:
+        super().__init__(raw.handle, raw.unique or b"", function, raw.data)
+        self._worker = worker
+        self._raw = raw
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        self._worker.send_job_status(self._raw, int(numerator), int(denominator))
+
+    def send_data(self, data: bytes | str) -> None:
+        self._worker.send_job_data(self._raw, _as_bytes(data))
+
+    def send_warning(self, data: bytes | str) -> None:
+        self._worker.send_job_warning(self._raw, _as_bytes(data))
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+class _Handler(GearmanWorkerCommandHandler):  # type: ignore[misc]
+    """Adds the ECHO round trip that confirms registration, per connection."""
+
+    def initial_state(self, abilities: Any = None, client_id: Any = None) -> None:
+        super().initial_state(abilities=abilities, client_id=client_id)
+        self.send_command(GEARMAN_COMMAND_ECHO_REQ, data=_ECHO_TOKEN)
+
+    def recv_echo_res(self, data: bytes) -> bool:
+        if data == _ECHO_TOKEN:
+            self.connection_manager.on_registered(self)
+        return True
+
+
+class _Worker(gearman.GearmanWorker):  # type: ignore[misc]
+    command_handler_class = _Handler
+
+    def __init__(self, backend: PygearmanBackend, host_list: list[str]) -> None:
+        super().__init__(host_list=host_list)
+        self.backend = backend
+
+    def after_poll(self, any_activity: bool) -> bool:
+        return not self.backend.hooks.should_stop()
+
+    def on_registered(self, handler: _Handler) -> None:
+        connection = self.handler_to_connection_map.get(handler)
+        if connection is not None:
+            self.backend.hooks.on_registered((connection.gearman_host, connection.gearman_port))
+
+    def handle_error(self, current_connection: Any) -> None:
+        was_connected = current_connection in self.connection_to_handler_map
+        super().handle_error(current_connection)
+        if was_connected:
+            server = (current_connection.gearman_host, current_connection.gearman_port)
+            self.backend.hooks.on_disconnected(server)
+
+    def on_job_execute(self, current_job: Any) -> bool:
+        result = self.backend.run_job(self, current_job)
+        if result.status == "complete":
+            self.send_job_complete(current_job, result.data)
+            return True
+        # pygearman's WORK_EXCEPTION path is unreliable; gearmand reports WORK_FAIL either way.
+        self.send_job_failure(current_job)
+        return False
+
+
+class PygearmanBackend(WorkerBackend):
+    """Works jobs with pygearman's GearmanWorker; one job at a time, stop flag every poll."""
+
+    name = "pygearman"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._runners: dict[bytes, tuple[str, JobRunner]] = {
+            name.encode(): (name, runner) for name, runner in self.functions.items()
+        }
+
+    def run_job(self, worker: _Worker, raw: Any) -> JobResult:
+        name, runner = self._runners[raw.task]
+        return runner(_Job(worker, raw, name))
+
+    def _make_worker(self) -> _Worker:
+        worker = _Worker(self, [f"{host}:{port}" for host, port in self.servers])
+        worker.set_client_id(self.client_id.encode())
+        for name in self._runners:
+            worker.register_task(name, None)  # dispatch happens in on_job_execute
+        return worker
+
+    def run(self) -> None:
+        worker = self._make_worker()
+        backoff = 0.1
+        poll = min(self.hooks.poll_interval, 0.5)
+        try:
+            while not self.hooks.should_stop():
+                started = time.monotonic()
+                try:
+                    worker.work(poll_timeout=poll)
+                    return
+                except ServerUnavailable:
+                    pass
+                except OSError as exc:
+                    log.warning("gearman connection error: %s", exc)
+                if time.monotonic() - started > 1.0:
+                    backoff = 0.1  # it had been working: this is a new outage
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            worker.shutdown()
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off without missing a stop request for long."""
+        deadline = time.monotonic() + seconds
+        while not self.hooks.should_stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+
+__all__ = ["PygearmanBackend", "Server"]

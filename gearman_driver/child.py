@@ -1,0 +1,183 @@
+"""What runs inside a forked worker process: set-up, signals, and the runner around user code.
+
+The child never returns into the master's code: it ends with `os._exit`, so no atexit hook,
+buffered file or finaliser inherited from the master runs twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, JobRunner, backend_class
+from gearman_driver.jobs import JobSpec, MethodSpec
+from gearman_driver.logs import set_process_context
+from gearman_driver.scoreboard import SlotWriter
+
+log = logging.getLogger("gearman_driver.child")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+PR_SET_PDEATHSIG = 1
+
+
+def client_id(master_pid: int, job_name: str, pid: int | None = None) -> str:
+    """`<host>:<pid>:<master pid>:<job name>`: gearmand's `workers` then names us and our driver."""
+    host = socket.gethostname().replace(" ", "_")
+    return f"{host}:{pid or os.getpid()}:{master_pid}:{job_name.replace(' ', '_')}"
+
+
+def to_result_bytes(function: str, value: Any) -> bytes:
+    """bytes and str are sent, None is an empty result; anything else needs an encode method."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if value is None:
+        return b""
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(
+        f"{function} returned {type(value).__name__}; return bytes, str or None, "
+        f"or give the job an encode method"
+    )
+
+
+def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
+                after_job: Callable[[], None]) -> JobRunner:
+    """Wraps one job method: decode, begin hook, the method, end hook, encode, scoreboard."""
+    worker = spec.worker
+    body, encode, decode, function = method.body, method.encode, method.decode, method.function
+
+    def run(job: GearmanJob) -> JobResult:
+        writer.job_started()
+        error: str | None = None
+        try:
+            workload = decode(job.workload) if decode else job.workload
+            worker.begin(job, workload)
+            try:
+                result = body(job, workload)
+            finally:
+                worker.end(job, workload)
+            if encode:
+                result = encode(result)
+            return JobResult("complete", to_result_bytes(function, result))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception("job %s (handle %s) failed: %s", function,
+                          job.handle.decode("ascii", "replace"), error)
+            return JobResult("exception", error.encode("utf-8", "replace"))
+        finally:
+            writer.job_finished(error)
+            after_job()
+
+    return run
+
+
+def _set_parent_death_signal(master_pid: int) -> None:
+    """Get SIGTERM when the master dies, even by SIGKILL; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the orphan check below still applies
+        pass
+    if os.getppid() != master_pid:
+        os._exit(0)
+
+
+def run_child(
+    spec: JobSpec,
+    *,
+    servers: Sequence[tuple[str, int]],
+    master_pid: int,
+    writer: SlotWriter,
+    backend_name: str,
+    graceful_timeout: float,
+    max_jobs: int,
+    close_inherited: Callable[[], None],
+) -> NoReturn:
+    """Become a worker process for `spec`; never returns."""
+    code = 0
+    try:
+        close_inherited()
+        stop = [False]
+
+        def request_stop(signum: int, frame: object) -> None:
+            stop[0] = True
+            if os.getppid() != master_pid:  # orphaned: do not outlive the master for long
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(max(1, int(graceful_timeout)))
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, request_stop)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _set_parent_death_signal(master_pid)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+        pid = os.getpid()
+        gc.enable()
+        set_process_context(f"{spec.name}[{pid}]")
+        _set_title(spec)
+        writer.ready(pid)
+
+        done = [0]
+
+        def after_job() -> None:
+            done[0] += 1
+            if max_jobs and done[0] >= max_jobs:
+                log.info("recycling after %d jobs", done[0])
+                stop[0] = True
+
+        registered: set[tuple[str, int]] = set()
+
+        def on_registered(server: tuple[str, int]) -> None:
+            registered.add(server)
+            writer.set_registered(len(registered))
+
+        def on_disconnected(server: tuple[str, int]) -> None:
+            registered.discard(server)
+            writer.set_registered(len(registered))
+
+        runners = {m.function: make_runner(spec, m, writer, after_job) for m in spec.methods}
+        backend = backend_class(backend_name)(
+            servers,
+            client_id(master_pid, spec.name, pid),
+            runners,
+            BackendHooks(should_stop=lambda: stop[0], on_registered=on_registered,
+                         on_disconnected=on_disconnected),
+        )
+        backend.run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        log.exception("worker process of %s crashed", spec.name)
+        code = 70  # EX_SOFTWARE
+    finally:
+        try:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _set_title(spec: JobSpec) -> None:
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a declared dependency
+        return
+    orig = f"gearman-driver: {spec.name}"
+    title = None
+    try:
+        title = spec.worker.process_name(setproctitle.getproctitle(), spec.name)
+    except Exception:
+        log.exception("process_name() of %s failed", spec.class_path)
+    setproctitle.setproctitle(title or orig)

@@ -1,0 +1,126 @@
+"""The job table: the single truth about jobs, their limits and the processes each one has.
+
+A *job* is what gets processes: one Gearman function, or several joined in a process group.
+The console, the scaling rule, STATUS and reload all read this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gearman_driver.worker import Worker
+
+
+class LoadError(Exception):
+    """A user's mistake found while loading worker code: one line, exit status 78."""
+
+    exit_status = 78
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One Gearman function served by a job."""
+
+    function: str
+    body: Callable[..., Any]
+    encode: Callable[[Any], Any] | None = None
+    decode: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as loaded: what runs, with which limits, in which worker object."""
+
+    name: str
+    worker: Worker
+    class_path: str
+    methods: tuple[MethodSpec, ...]
+    min_processes: int
+    max_processes: int
+    timeout: float | None = None
+    max_jobs_per_process: int | None = None
+    worker_backend: str | None = None
+
+    @property
+    def functions(self) -> tuple[str, ...]:
+        return tuple(method.function for method in self.methods)
+
+
+@dataclass
+class Process:
+    """A forked child of the master, as the master tracks it."""
+
+    pid: int
+    slot: int
+    job: str
+    started: float  # monotonic
+    stopping: bool = False
+    stop_reason: str = ""
+    kill_at: float | None = None  # monotonic deadline for SIGKILL after a graceful stop
+
+
+@dataclass
+class Job:
+    """A job at run time: its spec, its current limits and its processes."""
+
+    spec: JobSpec
+    min_processes: int
+    max_processes: int
+    processes: dict[int, Process] = field(default_factory=dict)
+    jobs_done: int = 0  # by processes that have exited; live ones are read from the scoreboard
+    last_run: float = 0.0  # epoch seconds
+    last_error: float = 0.0
+    last_error_msg: str = ""
+    failed_starts: int = 0
+    next_start_at: float = 0.0  # monotonic; backoff after failed starts
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def running(self) -> list[Process]:
+        """Processes not being stopped: the ones that count towards the limits."""
+        return [p for p in self.processes.values() if not p.stopping]
+
+
+class JobTable(Mapping[str, Job]):
+    """Jobs by name, in name order when iterated (as Gearman::Driver's get_jobs)."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._by_pid: dict[int, Job] = {}
+
+    def add(self, spec: JobSpec) -> Job:
+        if spec.name in self._jobs:
+            raise LoadError(f"{spec.class_path}: job {spec.name!r} is defined twice")
+        job = Job(spec, spec.min_processes, spec.max_processes)
+        self._jobs[spec.name] = job
+        return job
+
+    def __getitem__(self, name: str) -> Job:
+        return self._jobs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._jobs))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def add_process(self, job: Job, process: Process) -> None:
+        job.processes[process.pid] = process
+        self._by_pid[process.pid] = job
+
+    def remove_process(self, pid: int) -> tuple[Job, Process] | None:
+        job = self._by_pid.pop(pid, None)
+        if job is None:
+            return None
+        return job, job.processes.pop(pid)
+
+    def job_of(self, pid: int) -> Job | None:
+        return self._by_pid.get(pid)
+
+    def processes(self) -> Iterator[Process]:
+        for job in self._jobs.values():
+            yield from job.processes.values()

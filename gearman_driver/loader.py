@@ -1,0 +1,253 @@
+"""Namespaces -> imported modules -> Worker classes -> job specs.
+
+Everything is imported and every worker object built here, in the master, before any fork:
+that is what lets the children share the code and data copy-on-write.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import pkgutil
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from gearman_driver.jobs import JobSpec, LoadError, MethodSpec
+from gearman_driver.worker import ATTRIBUTE_KEYS, Worker, job_marker
+
+log = logging.getLogger(__name__)
+
+RUNTIME_KEYS = ("min_processes", "max_processes", "timeout", "max_jobs_per_process",
+                "worker_backend")
+
+
+def _import_error(module: str, exc: BaseException) -> LoadError:
+    cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    where = ""
+    tb = exc.__traceback__
+    frames = traceback.extract_tb(tb) if tb else []
+    if frames:
+        last = frames[-1]
+        where = f" (at {last.filename}:{last.lineno})"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" (at {exc.filename}:{exc.lineno})"
+    return LoadError(f"cannot import worker module {module}: {cause}{where}")
+
+
+def import_namespaces(namespaces: Sequence[str], lib: Sequence[str] = ()) -> list[ModuleType]:
+    """Import every module below each namespace package, recursively; `lib` dirs go first."""
+    for directory in reversed(lib):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    modules: list[ModuleType] = []
+    for namespace in namespaces:
+        try:
+            package = importlib.import_module(namespace)
+        except Exception as exc:
+            raise _import_error(namespace, exc) from exc
+        modules.append(package)
+        path = getattr(package, "__path__", None)
+        if path is None:
+            continue
+        names = sorted(info.name for info in pkgutil.walk_packages(path, namespace + ".",
+                                                                    onerror=_walk_error))
+        for name in names:
+            try:
+                modules.append(importlib.import_module(name))
+            except Exception as exc:
+                raise _import_error(name, exc) from exc
+    return modules
+
+
+def _walk_error(name: str) -> None:
+    exc = sys.exc_info()[1]
+    raise _import_error(name, exc if exc else ImportError(name))
+
+
+def worker_classes(modules: Iterable[ModuleType]) -> list[type[Worker]]:
+    """Worker subclasses *defined* in these modules that have at least one @job method."""
+    found: list[type[Worker]] = []
+    seen: set[type[Worker]] = set()
+    for module in modules:
+        for obj in vars(module).values():
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, Worker)
+                and obj is not Worker
+                and obj.__module__ == module.__name__
+                and obj not in seen
+                and job_methods(obj)
+            ):
+                seen.add(obj)
+                found.append(obj)
+    return found
+
+
+def job_methods(cls: type) -> dict[str, Mapping[str, Any]]:
+    """Method name -> attributes given to @job, including methods inherited from base classes."""
+    methods: dict[str, Mapping[str, Any]] = {}
+    for name in sorted(dir(cls)):
+        try:
+            attr = inspect.getattr_static(cls, name)
+        except AttributeError:
+            continue
+        marker = job_marker(attr)
+        if marker is not None:
+            methods[name] = marker.given
+    return methods
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def build_worker(cls: type[Worker], server: str, options: Mapping[str, Any]) -> Worker:
+    """`cls(server=..., **options)`; a rejected option or a failing constructor is one line."""
+    try:
+        return cls(server=server, **options)
+    except TypeError as exc:
+        raise LoadError(
+            f"{class_path(cls)}: the constructor rejected the worker_options "
+            f"({', '.join(sorted(options)) or 'none'}): {exc}"
+        ) from exc
+    except Exception as exc:
+        cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        raise LoadError(f"{class_path(cls)}: the constructor failed: {cause}") from exc
+
+
+def _check_keys(where: str, attributes: Mapping[str, Any]) -> None:
+    unknown = sorted(set(attributes) - set(ATTRIBUTE_KEYS))
+    if unknown:
+        raise LoadError(f"{where}: unknown job attribute {unknown[0]!r} "
+                        f"(expected one of: {', '.join(ATTRIBUTE_KEYS)})")
+
+
+def _coder(worker: Worker, where: str, value: Any, default: str) -> Callable[[Any], Any] | None:
+    if value in (None, False):
+        return None
+    name = default if value is True else value
+    if callable(name):
+        return name  # type: ignore[no-any-return]
+    method = getattr(worker, str(name), None)
+    if not callable(method):
+        raise LoadError(f"{where}: {default}={value!r} names no method of the class")
+    return method  # type: ignore[no-any-return]
+
+
+def _limits(where: str, minimum: Any, maximum: Any) -> tuple[int, int]:
+    for key, value in (("min_processes", minimum), ("max_processes", maximum)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise LoadError(f"{where}: {key} must be an integer >= 0, got {value!r}")
+    if minimum > maximum:
+        raise LoadError(f"{where}: min_processes ({minimum}) is greater than "
+                        f"max_processes ({maximum})")
+    return minimum, maximum
+
+
+def job_specs(worker: Worker) -> list[JobSpec]:
+    """The jobs one worker object yields: one per method, or one per process group."""
+    cls = type(worker)
+    path = class_path(cls)
+    _check_keys(f"{path}.default_attributes", cls.default_attributes)
+    _check_keys(f"{path}.override_attributes", cls.override_attributes)
+    prefix = worker.job_prefix()
+    groups: dict[str, list[tuple[str, dict[str, Any], Mapping[str, Any]]]] = {}
+    for method_name, given in job_methods(cls).items():
+        attributes: dict[str, Any] = {"min_processes": 1}
+        attributes.update(cls.default_attributes)
+        attributes.update(given)
+        attributes.update(cls.override_attributes)
+        explicit = {**given, **cls.override_attributes}
+        key = attributes.get("process_group") or method_name
+        groups.setdefault(str(key), []).append((method_name, attributes, explicit))
+
+    specs = []
+    for key, members in groups.items():
+        where = f"{path}.{key}"
+        merged: dict[str, Any] = dict(members[0][1])
+        for attr in ("min_processes", "max_processes", "timeout", "max_jobs_per_process",
+                     "worker_backend"):
+            values = {repr(m[2][attr]): m[2][attr] for m in members if attr in m[2]}
+            if len(values) > 1:
+                raise LoadError(f"{where}: process group gives {attr} twice with different "
+                                f"values ({', '.join(sorted(values))})")
+            if values:
+                merged[attr] = next(iter(values.values()))
+        minimum = merged.get("min_processes", 1)
+        maximum = merged.get("max_processes")
+        if maximum is None:
+            maximum = max(1, minimum) if isinstance(minimum, int) else 1
+        minimum, maximum = _limits(where, minimum, maximum)
+        methods = tuple(
+            MethodSpec(
+                function=prefix + name,
+                body=getattr(worker, name),
+                encode=_coder(worker, f"{path}.{name}", attrs.get("encode"), "encode"),
+                decode=_coder(worker, f"{path}.{name}", attrs.get("decode"), "decode"),
+            )
+            for name, attrs, _ in members
+        )
+        specs.append(JobSpec(
+            name=prefix + key, worker=worker, class_path=path, methods=methods,
+            min_processes=minimum, max_processes=maximum,
+            timeout=merged.get("timeout"),
+            max_jobs_per_process=merged.get("max_jobs_per_process"),
+            worker_backend=merged.get("worker_backend"),
+        ))
+    return specs
+
+
+def apply_runtime_attributes(
+    specs: Sequence[JobSpec],
+    runtime: Mapping[str, Mapping[str, Any]],
+    error: Callable[[tuple[str, ...], str], Exception],
+) -> list[JobSpec]:
+    """Override limits from `job_runtime_attributes`; a key naming no job is an error."""
+    by_name = {spec.name: spec for spec in specs}
+    for key in runtime:
+        if key not in by_name:
+            known = ", ".join(sorted(by_name)) or "none loaded"
+            raise error(("job_runtime_attributes", key), f"names no job (jobs: {known})")
+    result = []
+    for spec in specs:
+        override = runtime.get(spec.name, {})
+        minimum = override.get("min_processes", spec.min_processes)
+        maximum = override.get("max_processes", spec.max_processes)
+        if minimum > maximum:
+            raise error(("job_runtime_attributes", spec.name),
+                        f"min_processes ({minimum}) is greater than max_processes ({maximum})")
+        result.append(JobSpec(
+            name=spec.name, worker=spec.worker, class_path=spec.class_path,
+            methods=spec.methods, min_processes=minimum, max_processes=maximum,
+            timeout=override.get("timeout", spec.timeout),
+            max_jobs_per_process=override.get("max_jobs_per_process",
+                                              spec.max_jobs_per_process),
+            worker_backend=override.get("worker_backend", spec.worker_backend),
+        ))
+    return result
+
+
+def load_jobs(
+    namespaces: Sequence[str],
+    lib: Sequence[str],
+    server: str,
+    options_for: Callable[[str], Mapping[str, Any]],
+) -> list[JobSpec]:
+    """Import the namespaces, build one worker object per class, and return their jobs."""
+    modules = import_namespaces(namespaces, lib)
+    specs: list[JobSpec] = []
+    for namespace in namespaces:
+        classes = worker_classes(m for m in modules
+                                 if m.__name__ == namespace
+                                 or m.__name__.startswith(namespace + "."))
+        if not classes:
+            log.warning("namespace %s yields no job (no Worker subclass with @job methods)",
+                        namespace)
+        for cls in classes:
+            worker = build_worker(cls, server, options_for(class_path(cls)))
+            specs.extend(job_specs(worker))
+    return specs

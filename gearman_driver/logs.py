@@ -1,0 +1,137 @@
+"""Logging set-up: Log4perl-style layouts, a log file or stderr, and journald priorities.
+
+Layout placeholders (Gearman::Driver's `loglayout`): `%d` date and time, `%p` level, `%m` message
+(prefixed with `job[pid]: ` in worker processes), `%n` newline, `%c` logger name, `%P` pid,
+`%%` a literal percent sign. Anything else is printed as it stands.
+When stderr is the systemd journal (`JOURNAL_STREAM`), each line starts with its syslog priority
+(`<3>` … `<7>`) and the time stamp is dropped, because the journal stamps lines itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import IO
+
+DEFAULT_LAYOUT = "[%d] %p %m%n"
+DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
+
+_PLACEHOLDERS = {
+    "d": "%(asctime)s",
+    "p": "%(levelname)s",
+    "m": "%(context)s%(message)s",
+    "n": "\n",
+    "c": "%(name)s",
+    "P": "%(process)d",
+    "%": "%%",
+}
+
+_SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+_context = ""
+
+
+def set_process_context(context: str) -> None:
+    """Name this process in every message it logs (children: `job[pid]`)."""
+    global _context
+    _context = f"{context}: " if context else ""
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.context = _context
+        return True
+
+
+def translate_layout(layout: str, *, journal: bool = False) -> str:
+    """Log4perl layout -> Python logging format string (without the final newline)."""
+    out: list[str] = []
+    i = 0
+    while i < len(layout):
+        char = layout[i]
+        if char == "%" and i + 1 < len(layout) and layout[i + 1] in _PLACEHOLDERS:
+            key = layout[i + 1]
+            out.append("" if journal and key == "d" else _PLACEHOLDERS[key])
+            i += 2
+            continue
+        out.append("%%" if char == "%" else char)
+        i += 1
+    text = "".join(out)
+    if text.endswith("\n"):
+        text = text[:-1]
+    if journal:
+        text = text.replace("[]", "").strip()
+    return text
+
+
+class _JournalFormatter(logging.Formatter):
+    """Prefix every line (tracebacks too) with its syslog priority, for `journalctl -p`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = f"<{_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
+def _priority(levelno: int) -> int:
+    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= level:
+            return _SYSLOG_PRIORITY[level]
+    return 7
+
+
+def stderr_is_journal(stream: IO[str] | None = None) -> bool:
+    """True when stderr is the journal's stream, as systemd tells with JOURNAL_STREAM."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    stream = stream or sys.stderr
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        info = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return info.st_dev == device and info.st_ino == inode
+
+
+_handler: logging.Handler | None = None
+
+
+def setup_logging(level: str = "INFO", logfile: str | None = None,
+                  layout: str = DEFAULT_LAYOUT) -> logging.Handler:
+    """(Re)configure the root logger; called at start and again on reload or SIGUSR1."""
+    global _handler
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler.close()
+    handler: logging.Handler
+    journal = False
+    if logfile:
+        handler = logging.FileHandler(logfile, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        journal = stderr_is_journal()
+    formatter_class = _JournalFormatter if journal else logging.Formatter
+    handler.setFormatter(formatter_class(translate_layout(layout, journal=journal), DATE_FORMAT))
+    handler.addFilter(_ContextFilter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    _handler = handler
+    return handler
+
+
+def reopen_logfile() -> None:
+    """SIGUSR1: reopen the log file after logrotate moved it."""
+    if isinstance(_handler, logging.FileHandler):
+        _handler.acquire()
+        try:
+            _handler.close()
+            _handler.stream = _handler._open()
+        finally:
+            _handler.release()

@@ -1,0 +1,205 @@
+"""Starting, stopping and reaping worker processes: fork safely, stop gracefully, never loop.
+
+A process that exits within FAILED_START_WINDOW of its start without finishing a job is a failed
+start: the job's next start is delayed exponentially (capped), so a broken worker never turns
+into a fork loop. A process that did work and died is replaced at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+
+from gearman_driver.child import run_child
+from gearman_driver.jobs import Job, JobTable, Process
+from gearman_driver.scoreboard import Scoreboard, SlotView
+
+log = logging.getLogger("gearman_driver.processes")
+
+FAILED_START_WINDOW = 5.0
+BACKOFF_CAP = 60.0
+FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
+                signal.SIGUSR1, signal.SIGUSR2}
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        return f"killed by {name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+class ProcessManager:
+    """Owns the children of the master: the only code that forks, signals or reaps them."""
+
+    def __init__(
+        self,
+        jobs: JobTable,
+        scoreboard: Scoreboard,
+        *,
+        servers: Callable[[], list[tuple[str, int]]],
+        backend: Callable[[Job], str],
+        graceful_timeout: Callable[[], float],
+        max_jobs: Callable[[Job], tuple[int, int]],
+        close_inherited: Callable[[], None],
+    ) -> None:
+        self.jobs = jobs
+        self.scoreboard = scoreboard
+        self._servers = servers
+        self._backend = backend
+        self._graceful_timeout = graceful_timeout
+        self._max_jobs = max_jobs
+        self._close_inherited = close_inherited
+        self.master_pid = os.getpid()
+
+    # -- start -----------------------------------------------------------------------------
+    def can_start(self, job: Job, now: float) -> bool:
+        return now >= job.next_start_at
+
+    def start(self, job: Job, reason: str) -> int | None:
+        """Fork one process for `job`; returns its pid (None if no scoreboard slot is free)."""
+        try:
+            slot = self.scoreboard.allocate()
+        except IndexError:
+            log.error("cannot start a process for %s: all %d scoreboard slots in use",
+                      job.name, self.scoreboard.size)
+            return None
+        limit, jitter = self._max_jobs(job)
+        max_jobs = limit + (random.randint(0, jitter) if limit and jitter else 0)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                run_child(
+                    job.spec,
+                    servers=self._servers(),
+                    master_pid=self.master_pid,
+                    writer=self.scoreboard.child_writer(slot),
+                    backend_name=self._backend(job),
+                    graceful_timeout=self._graceful_timeout(),
+                    max_jobs=max_jobs,
+                    close_inherited=self._close_inherited,
+                )
+        except OSError as exc:
+            self.scoreboard.release(slot)
+            log.error("cannot fork a process for %s: %s", job.name, exc)
+            return None
+        finally:
+            if os.getpid() == self.master_pid:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        self.scoreboard.set_pid(slot, pid)
+        self.jobs.add_process(job, Process(pid, slot, job.name, time.monotonic()))
+        log.info("started process %d for %s (%s)", pid, job.name, reason)
+        return pid
+
+    # -- stop ------------------------------------------------------------------------------
+    def stop(self, process: Process, reason: str, now: float | None = None) -> None:
+        """Ask a process to finish the job in hand and exit; SIGKILL after graceful_timeout."""
+        if process.stopping:
+            return
+        now = time.monotonic() if now is None else now
+        process.stopping = True
+        process.stop_reason = reason
+        process.kill_at = now + self._graceful_timeout()
+        self._signal(process.pid, signal.SIGTERM)
+        log.info("stopping process %d of %s (%s)", process.pid, process.job, reason)
+
+    def kill(self, process: Process, reason: str) -> None:
+        """SIGKILL: for a process past its graceful deadline or its job timeout."""
+        process.stopping = True
+        process.stop_reason = reason
+        process.kill_at = None
+        self._signal(process.pid, signal.SIGKILL)
+        log.warning("killed process %d of %s (%s)", process.pid, process.job, reason)
+
+    def _signal(self, pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # already gone; the reaper will see it
+
+    def enforce_deadlines(self, now: float) -> None:
+        """Escalate graceful stops that took too long, and kill jobs past their timeout."""
+        wall = time.time()
+        for process in list(self.jobs.processes()):
+            if process.kill_at is not None and now >= process.kill_at:
+                self.kill(process, f"still running {self._graceful_timeout():g}s after "
+                                   f"{process.stop_reason}")
+                continue
+            job = self.jobs[process.job]
+            timeout = job.spec.timeout
+            if timeout and not process.kill_at:
+                view = self.scoreboard.read(process.slot)
+                if view.busy and wall - view.job_started > timeout:
+                    log.error("job of %s ran %.1fs, over its timeout of %gs: killing process %d",
+                              job.name, wall - view.job_started, timeout, process.pid)
+                    self.kill(process, "job timeout")
+
+    # -- reap ------------------------------------------------------------------------------
+    def reap(self, now: float) -> int:
+        """Collect every exited child (several may exit for one SIGCHLD)."""
+        count = 0
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            count += 1
+            found = self.jobs.remove_process(pid)
+            if found is None:
+                continue
+            job, process = found
+            view = self.scoreboard.read(process.slot)
+            self.scoreboard.release(process.slot)
+            self._fold(job, view)
+            self._after_exit(job, process, view, status, now)
+        return count
+
+    @staticmethod
+    def _fold(job: Job, view: SlotView) -> None:
+        """Keep a dead process's figures in its job's totals."""
+        job.jobs_done += view.jobs_done
+        job.last_run = max(job.last_run, view.last_job_end)
+        if view.last_error > job.last_error:
+            job.last_error = view.last_error
+            job.last_error_msg = view.last_error_msg
+
+    def _after_exit(self, job: Job, process: Process, view: SlotView, status: int,
+                    now: float) -> None:
+        how = describe_status(status)
+        if process.stopping:
+            log.info("process %d of %s exited (%s; %s)", process.pid, job.name,
+                     process.stop_reason, how)
+            return
+        lived = now - process.started
+        if lived < FAILED_START_WINDOW and view.jobs_done == 0:
+            job.failed_starts += 1
+            delay = min(BACKOFF_CAP, 2.0 ** (job.failed_starts - 1))
+            job.next_start_at = now + delay
+            message = f"process exited {lived:.1f}s after its start ({how})"
+            job.last_error, job.last_error_msg = time.time(), message
+            log.error("process %d of %s failed to start: %s; %d failed start(s) in a row, "
+                      "next start in %gs", process.pid, job.name, message, job.failed_starts,
+                      delay)
+        else:
+            job.failed_starts = 0
+            job.next_start_at = 0.0
+            level = logging.INFO if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 \
+                else logging.WARNING
+            log.log(level, "process %d of %s exited after %d jobs (%s); replacing it",
+                    process.pid, job.name, view.jobs_done, how)
+
+    def live_view(self, process: Process) -> SlotView:
+        return self.scoreboard.read(process.slot)
