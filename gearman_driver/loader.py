@@ -131,11 +131,11 @@ def _coder(worker: Worker, where: str, value: Any, default: str) -> Callable[[An
         return None
     name = default if value is True else value
     if callable(name):
-        return name  # type: ignore[no-any-return]
+        return name
     method = getattr(worker, str(name), None)
     if not callable(method):
         raise LoadError(f"{where}: {default}={value!r} names no method of the class")
-    return method  # type: ignore[no-any-return]
+    return method
 
 
 def _limits(where: str, minimum: Any, maximum: Any) -> tuple[int, int]:
@@ -182,6 +182,10 @@ def job_specs(worker: Worker) -> list[JobSpec]:
         if maximum is None:
             maximum = max(1, minimum) if isinstance(minimum, int) else 1
         minimum, maximum = _limits(where, minimum, maximum)
+        for name, _, _ in members:
+            if not callable(getattr(worker, name)):
+                raise LoadError(f"{path}.{name}: an instance attribute {name!r} hides the "
+                                f"@job method of that name")
         methods = tuple(
             MethodSpec(
                 function=prefix + name,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from gearman_driver.child import run_child
 from gearman_driver.jobs import Job, JobTable, Process
-from gearman_driver.scoreboard import Scoreboard, SlotView
+from gearman_driver.scoreboard import Scoreboard, SlotView, State
 
 log = logging.getLogger("gearman_driver.processes")
 
@@ -184,7 +184,7 @@ class ProcessManager:
                      process.stop_reason, how)
             return
         lived = now - process.started
-        if lived < FAILED_START_WINDOW and view.jobs_done == 0:
+        if lived < FAILED_START_WINDOW and view.jobs_done == 0 and view.state != State.BUSY:
             job.failed_starts += 1
             delay = min(BACKOFF_CAP, 2.0 ** (job.failed_starts - 1))
             job.next_start_at = now + delay

@@ -63,7 +63,8 @@ class Scoreboard:
     def allocate(self, pid_placeholder: int = 0) -> int:
         """Reserve a free slot for a process about to be forked; IndexError when full."""
         slot = self._free.pop()
-        self._write(slot, pid_placeholder, State.STARTING, 0, 0, time.time(), 0.0, 0.0, 0.0, 0.0, b"")
+        self._write(slot, pid_placeholder, State.STARTING, 0, 0, time.time(),
+                    0.0, 0.0, 0.0, 0.0, b"")
         return slot
 
     def set_pid(self, slot: int, pid: int) -> None:

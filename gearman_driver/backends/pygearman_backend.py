@@ -46,7 +46,7 @@ def _as_bytes(data: bytes | str) -> bytes:
     return data.encode() if isinstance(data, str) else bytes(data)
 
 
-class _Handler(GearmanWorkerCommandHandler):  # type: ignore[misc]
+class _Handler(GearmanWorkerCommandHandler):
     """Adds the ECHO round trip that confirms registration, per connection."""
 
     def initial_state(self, abilities: Any = None, client_id: Any = None) -> None:
@@ -59,7 +59,7 @@ class _Handler(GearmanWorkerCommandHandler):  # type: ignore[misc]
         return True
 
 
-class _Worker(gearman.GearmanWorker):  # type: ignore[misc]
+class _Worker(gearman.GearmanWorker):
     command_handler_class = _Handler
 
     def __init__(self, backend: PygearmanBackend, host_list: list[str]) -> None:

@@ -1,0 +1,1 @@
+"""Example worker code for gearman-driver's demo and tests."""

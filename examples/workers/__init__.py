@@ -1,0 +1,1 @@
+"""Example workers: every module below this package is loaded by `namespaces: [examples.workers]`."""

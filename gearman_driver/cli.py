@@ -1,0 +1,118 @@
+"""`gearman-driver`: the daemon's command line.
+
+Exit statuses: 0 after a clean shutdown or a good `--check-config`; 64 (EX_USAGE) for a bad
+command line; 78 (EX_CONFIG) for a config or worker-loading mistake, reported in one line;
+75 (EX_TEMPFAIL) when the pid file is held by another running instance.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EX_TEMPFAIL = 75
+
+
+def _print_error(message: str) -> None:
+    print(f"gearman-driver: {message}", file=sys.stderr)
+
+
+def _callback(spec: str | None, settings: Any) -> Callable[..., Any] | None:
+    """Resolve `unknown_job_callback: "module:function"`."""
+    if not spec:
+        return None
+    from gearman_driver.config import ConfigError
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        raise settings.error(("unknown_job_callback",),
+                             f"expected an importable 'module:function', got {spec!r} ({exc})"
+                             ) from exc
+    if not callable(function):
+        raise ConfigError(f"unknown_job_callback: {spec} is not callable")
+    return function
+
+
+def job_table(driver: Any) -> str:
+    """The `--check-config` table: job, functions, min, max, worker class."""
+    rows = [("JOB", "FUNCTIONS", "MIN", "MAX", "CLASS")]
+    for job in driver.get_jobs():
+        rows.append((job.name, ",".join(job.spec.functions), str(job.min_processes),
+                     str(job.max_processes), job.spec.class_path))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
+                 row[3].rjust(widths[3]), row[4]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    gc.disable()  # before any worker code is imported: keeps the shared heap compact for fork
+    from gearman_driver.cliargs import parse_args
+    from gearman_driver.config import EX_CONFIG, ConfigError, load_settings
+    from gearman_driver.driver import Driver
+    from gearman_driver.jobs import LoadError
+    from gearman_driver.logs import setup_logging
+    from gearman_driver.pidfile import PidFile, PidFileLocked
+
+    command = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        settings = load_settings(command.config_files, command.overrides)
+        setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
+        driver = Driver(settings,
+                        unknown_job_callback=_callback(settings.unknown_job_callback, settings))
+        driver.cli_overrides = command.overrides
+        driver.load()
+    except (ConfigError, LoadError) as exc:
+        _print_error(str(exc))
+        return EX_CONFIG
+    except OSError as exc:  # e.g. a log file that cannot be opened
+        _print_error(str(exc))
+        return EX_CONFIG
+    if command.check_config:
+        print(job_table(driver))
+        return 0
+
+    pidfile = PidFile(settings.pidfile) if settings.pidfile else None
+    try:
+        if pidfile:
+            pidfile.acquire()
+    except PidFileLocked as exc:
+        _print_error(str(exc))
+        return EX_TEMPFAIL
+    try:
+        if settings.daemonize:
+            _daemonize(pidfile)
+            setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
+        return driver.run()
+    finally:
+        if pidfile:
+            pidfile.release()
+
+
+def _daemonize(pidfile: Any) -> None:
+    """Detach with python-daemon, keeping every file the worker code already opened."""
+    import daemon
+
+    keep = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            keep.append(fd)
+    context = daemon.DaemonContext(files_preserve=keep, working_directory=os.getcwd(),
+                                   umask=0o022, detach_process=True)
+    context.open()
+    if pidfile:
+        pidfile.write()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

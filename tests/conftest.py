@@ -1,0 +1,40 @@
+"""Shared fixtures: a real gearmand on a free loopback port, and drivers stopped by pid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.driver_util import DriverProcess
+from tests.gearmand_util import start_gearmand, stop_gearmand
+
+
+@pytest.fixture
+def gearmand(tmp_path: Path) -> Iterator[int]:
+    """A private gearmand; yields its port."""
+    proc, port = start_gearmand(tmp_path / "gearmand")
+    try:
+        yield port
+    finally:
+        stop_gearmand(proc)
+
+
+@pytest.fixture
+def driver_factory(tmp_path: Path) -> Iterator[Callable[..., DriverProcess]]:
+    """Start `gearman-driver` daemons; every one is stopped at teardown."""
+    started: list[DriverProcess] = []
+
+    def make(port: int | list[int], config: dict[str, Any], *args: str,
+             name: str = "driver") -> DriverProcess:
+        driver = DriverProcess(tmp_path, port, config, *args, name=name).start()
+        started.append(driver)
+        return driver
+
+    try:
+        yield make
+    finally:
+        for driver in started:
+            driver.stop()
