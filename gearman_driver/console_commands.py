@@ -1,0 +1,354 @@
+"""The console's commands: parsing, validation and reply formatting, with no I/O.
+
+Kept apart from the socket server so every command and every error text can be tested
+as a plain function call, and so the wording stays compatible with Gearman::Driver's
+console (existing operator scripts parse it). A reply is a list of lines; the server adds
+the terminating ``.`` line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "Controller",
+    "JobRow",
+    "ProcessRow",
+    "Reply",
+    "CommandError",
+    "COMMANDS",
+    "execute",
+    "handle_line",
+    "format_status",
+    "format_processes",
+]
+
+NEVER = "1970-01-01T00:00:00"
+_INT = re.compile(r"[+-]?[0-9]{1,18}")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as the console shows it; times are epoch seconds, 0.0 meaning never."""
+
+    name: str
+    min_processes: int
+    max_processes: int
+    processes: int
+    last_run: float
+    last_error: float
+    last_error_msg: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    """One process of a job; ``idle_for`` is None until it has finished a job."""
+
+    pid: int
+    busy: bool
+    jobs_done: int
+    idle_for: float | None
+
+
+class Controller(Protocol):
+    """What the console needs from the master; the job table stays the single truth."""
+
+    def job_rows(self) -> Sequence[JobRow]: ...
+
+    def process_rows(self, job: str) -> Sequence[ProcessRow]: ...
+
+    def has_job(self, job: str) -> bool: ...
+
+    def set_limits(
+        self, job: str, min_processes: int | None, max_processes: int | None
+    ) -> None: ...
+
+    def stop_pids(self, pids: Sequence[int]) -> list[int]: ...
+
+    def stop_jobs(self, jobs: Sequence[str]) -> None: ...
+
+    def request_shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Lines to send (without the final ``.``); ``close`` asks the server to hang up."""
+
+    lines: tuple[str, ...]
+    close: bool = False
+    terminate: bool = True  # False for quit: no reply at all, not even "."
+
+
+class CommandError(Exception):
+    """A user error, answered as ``ERR <code>: <detail>``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    @property
+    def line(self) -> str:
+        return f"ERR {self.code}: {self.detail}"
+
+
+def one_line(text: str) -> str:
+    """Fold line breaks and control characters into spaces so a value cannot break framing
+    (a line holding only ``.``) or smuggle terminal escapes to an operator's screen."""
+    folded = "".join(ch if ch.isprintable() else " " for ch in text)
+    return folded.strip()
+
+
+def iso_utc(epoch: float) -> str:
+    """Gearman::Driver's timestamp format; 0.0 (never) prints as the epoch."""
+    try:
+        if epoch <= 0 or epoch != epoch:
+            return NEVER
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(epoch)))
+    except (OverflowError, ValueError, OSError):
+        return NEVER
+
+
+def _table(rows: list[list[str]], right: set[int], free_last: bool) -> list[str]:
+    """Pad columns to widths shared by all rows, two spaces apart; with ``free_last`` the last
+    column is appended unpadded and dropped when empty (no trailing spaces)."""
+    if not rows:
+        return []
+    padded_cols = len(rows[0]) - (1 if free_last else 0)
+    widths = [max(len(r[i]) for r in rows) for i in range(padded_cols)]
+    out = []
+    for r in rows:
+        cells = [
+            r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i])
+            for i in range(padded_cols)
+        ]
+        if free_last and r[-1]:
+            cells.append(r[-1])
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def _status_cells(row: JobRow) -> list[str]:
+    return [
+        one_line(row.name),
+        str(row.min_processes),
+        str(row.max_processes),
+        str(row.processes),
+        iso_utc(row.last_run),
+        iso_utc(row.last_error),
+        one_line(row.last_error_msg),
+    ]
+
+
+def format_status(rows: Sequence[JobRow]) -> list[str]:
+    """One line per job sorted by name, parseable with ``line.split(maxsplit=6)``."""
+    ordered = sorted(rows, key=lambda r: r.name)
+    return _table([_status_cells(r) for r in ordered], right={1, 2, 3}, free_last=True)
+
+
+def format_processes(rows: Sequence[ProcessRow]) -> list[str]:
+    """pid, idle/busy, jobs done, whole seconds since the last job (``-`` before the first)."""
+    cells = [
+        [
+            str(p.pid),
+            "busy" if p.busy else "idle",
+            str(p.jobs_done),
+            "-" if p.idle_for is None else str(max(0, int(p.idle_for))),
+        ]
+        for p in sorted(rows, key=lambda p: p.pid)
+    ]
+    return _table(cells, right={0, 2, 3}, free_last=False)
+
+
+def _ok() -> Reply:
+    return Reply(("OK",))
+
+
+def _usage(name: str) -> CommandError:
+    return CommandError("invalid_value", f"usage: {COMMANDS[name][1]}")
+
+
+def _job(ctl: Controller, name: str) -> str:
+    if not ctl.has_job(name):
+        raise CommandError("invalid_job_name", one_line(name))
+    return name
+
+
+def _job_row(ctl: Controller, name: str) -> JobRow:
+    for row in ctl.job_rows():
+        if row.name == name:
+            return row
+    raise CommandError("invalid_job_name", one_line(name))
+
+
+def _int(value: str, what: str) -> int:
+    if not _INT.fullmatch(value):
+        raise CommandError("invalid_value", f"{what} must be an integer")
+    return int(value)
+
+
+def _non_negative(value: int, what: str) -> int:
+    if value < 0:
+        raise CommandError("invalid_value", f"{what} must be >= 0")
+    return value
+
+
+def _set_limits(ctl: Controller, job: str, lo: int | None, hi: int | None) -> Reply:
+    try:
+        ctl.set_limits(job, lo, hi)
+    except ValueError as exc:  # the controller's own limits (e.g. scoreboard size)
+        raise CommandError("invalid_value", one_line(str(exc))) from exc
+    return _ok()
+
+
+def cmd_status(ctl: Controller, args: list[str]) -> Reply:
+    return Reply(tuple(format_status(ctl.job_rows())))
+
+
+def cmd_show(ctl: Controller, args: list[str]) -> Reply:
+    if len(args) != 1:
+        raise _usage("show")
+    job = args[0]
+    rows = list(ctl.job_rows())
+    if not any(r.name == job for r in rows):
+        raise CommandError("invalid_job_name", one_line(job))
+    ordered = sorted(rows, key=lambda r: r.name)
+    # Widths are those of the whole status table, so the line equals its `status` line.
+    line = format_status(ordered)[[r.name for r in ordered].index(job)]
+    return Reply((line, *format_processes(ctl.process_rows(job))))
+
+
+def cmd_set_min_processes(ctl: Controller, args: list[str]) -> Reply:
+    if len(args) != 2:
+        raise _usage("set_min_processes")
+    row = _job_row(ctl, args[0])
+    lo = _non_negative(_int(args[1], "min_processes"), "min_processes")
+    if lo > row.max_processes:
+        raise CommandError("invalid_value", "min_processes must be smaller than max_processes")
+    return _set_limits(ctl, row.name, lo, None)
+
+
+def cmd_set_max_processes(ctl: Controller, args: list[str]) -> Reply:
+    if len(args) != 2:
+        raise _usage("set_max_processes")
+    row = _job_row(ctl, args[0])
+    hi = _non_negative(_int(args[1], "max_processes"), "max_processes")
+    if hi < row.min_processes:
+        raise CommandError("invalid_value", "max_processes must be greater than min_processes")
+    return _set_limits(ctl, row.name, None, hi)
+
+
+def cmd_set_processes(ctl: Controller, args: list[str]) -> Reply:
+    if len(args) != 3:
+        raise _usage("set_processes")
+    job = _job(ctl, args[0])
+    lo = _int(args[1], "min_processes")
+    hi = _int(args[2], "max_processes")
+    _non_negative(lo, "min_processes")
+    _non_negative(hi, "max_processes")
+    if lo > hi:
+        raise CommandError("invalid_value", "min_processes must be smaller than max_processes")
+    return _set_limits(ctl, job, lo, hi)
+
+
+def cmd_kill(ctl: Controller, args: list[str]) -> Reply:
+    if not args:
+        raise _usage("kill")
+    pids = [_int(a, "pid") for a in args]
+    # Never hand 0 or a negative number on: os.kill would read it as a process group.
+    wanted = list(dict.fromkeys(p for p in pids if p > 0))
+    if not wanted or not ctl.stop_pids(wanted):
+        raise CommandError("invalid_value", "the given PID(s) do not belong to us")
+    return _ok()
+
+
+def cmd_killall(ctl: Controller, args: list[str]) -> Reply:
+    if not args:
+        raise CommandError("invalid_value", "no job_names given")
+    if "*" in args:
+        jobs = [r.name for r in ctl.job_rows()]
+    else:
+        jobs = [_job(ctl, a) for a in dict.fromkeys(args)]  # all checked before any stops
+    ctl.stop_jobs(jobs)
+    return _ok()
+
+
+def cmd_help(ctl: Controller, args: list[str]) -> Reply:
+    width = max(len(usage) for _, usage, _ in COMMANDS.values())
+    return Reply(tuple(f"{usage.ljust(width)}  {text}" for _, usage, text in COMMANDS.values()))
+
+
+def cmd_quit(ctl: Controller, args: list[str]) -> Reply:
+    return Reply((), close=True, terminate=False)
+
+
+def cmd_shutdown(ctl: Controller, args: list[str]) -> Reply:
+    ctl.request_shutdown()
+    return _ok()
+
+
+Handler = Callable[[Controller, list[str]], Reply]
+
+COMMANDS: dict[str, tuple[Handler, str, str]] = {
+    "status": (cmd_status, "status", "every job: name min max processes last_run last_error msg"),
+    "show": (cmd_show, "show <job>", "a job's status line, then pid state jobs_done idle_secs"),
+    "set_min_processes": (
+        cmd_set_min_processes, "set_min_processes <job> <n>", "set a job's minimum processes"
+    ),
+    "set_max_processes": (
+        cmd_set_max_processes, "set_max_processes <job> <n>", "set a job's maximum processes"
+    ),
+    "set_processes": (
+        cmd_set_processes, "set_processes <job> <min> <max>", "set both limits at once"
+    ),
+    "kill": (cmd_kill, "kill <pid> ...", "stop these processes gracefully"),
+    "killall": (cmd_killall, "killall <job> ... | killall *", "stop every process of jobs"),
+    "help": (cmd_help, "help", "this list"),
+    "quit": (cmd_quit, "quit", "close this connection"),
+    "shutdown": (cmd_shutdown, "shutdown", "stop all processes gracefully and exit the daemon"),
+}
+
+
+_CHANGES = frozenset(
+    {"set_min_processes", "set_max_processes", "set_processes", "kill", "killall", "shutdown"}
+)
+
+
+def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "") -> Reply:
+    """Run one command. User errors become ``ERR`` replies; a bug in a handler or in the
+    controller is logged with its traceback and answered ``ERR internal_error`` so it never
+    reaches the master's loop."""
+    name, args = words[0], words[1:]
+    try:
+        entry = COMMANDS.get(name)
+        if entry is None:
+            raise CommandError("unknown_command", one_line(name))
+        reply = entry[0](ctl, args)
+        if name in _CHANGES:  # operators want to know who changed what from the journal
+            log.info("console %s: %s -> %s", who, one_line(" ".join(words))[:500], reply.lines[0])
+        return reply
+    except CommandError as exc:
+        return Reply((exc.line,))
+    except Exception as exc:
+        log.exception("console command %r failed", one_line(" ".join(words))[:200])
+        short = one_line(f"{type(exc).__name__}: {exc}")[:200]
+        return Reply((f"ERR internal_error: {short}",))
+
+
+def handle_line(
+    ctl: Controller, raw: bytes, log: logging.Logger, who: str = ""
+) -> Reply | None:
+    """One received line, its end stripped or not; None for a blank line (no reply)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Reply(("ERR invalid_encoding: commands are UTF-8",))
+    words = text.split()
+    if not words:
+        return None
+    return execute(ctl, words, log, who)
