@@ -1,0 +1,297 @@
+"""Our own worker side of the Gearman binary protocol: one selector, every server, one job.
+
+Why not pygearman: its loop tops out near 10k jobs/s and needs care around stopping and
+reconnecting (see DESIGN.md). This loop sleeps (PRE_SLEEP) on every connection, wakes on a
+NOOP from any, keeps at most one GRAB_JOB_UNIQ outstanding so the process never holds more
+than the job it runs, and pipelines each result with the next grab in one send.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from gearman_driver.backends.base import (
+    BackendHooks,
+    JobResult,
+    JobRunner,
+    Server,
+    WorkerBackend,
+)
+from gearman_driver.backends.native_conn import (
+    CONNECTING,
+    DOWN,
+    GRABBING,
+    READY,
+    REGISTERING,
+    SLEEPING,
+    NativeJob,
+    ServerConnection,
+    result_header,
+)
+from gearman_driver.protocol import DEFAULT_MAX_PACKET, Cmd, ProtocolError, encode_request
+
+log = logging.getLogger(__name__)
+
+_GRAB = encode_request(Cmd.GRAB_JOB_UNIQ)
+_PRE_SLEEP = encode_request(Cmd.PRE_SLEEP)
+_JOB_ASSIGN_UNIQ = int(Cmd.JOB_ASSIGN_UNIQ)
+_JOB_ASSIGN = int(Cmd.JOB_ASSIGN)
+_NO_JOB = int(Cmd.NO_JOB)
+_NOOP = int(Cmd.NOOP)
+_ECHO_RES = int(Cmd.ECHO_RES)
+_ERROR = int(Cmd.ERROR)
+_WORK_COMPLETE = int(Cmd.WORK_COMPLETE)
+_WORK_EXCEPTION = int(Cmd.WORK_EXCEPTION)
+_WORK_FAIL = int(Cmd.WORK_FAIL)
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+
+
+class ServerError(Exception):
+    """gearmand sent an ERROR packet: the connection's state is unknown, so start afresh."""
+
+
+class NativeBackend(WorkerBackend):
+    """The worker loop over our codec (gearman_driver.protocol); see the module docstring.
+
+    Results: "complete" -> WORK_COMPLETE; "fail" -> WORK_FAIL; "exception" -> WORK_EXCEPTION
+    alone. gearmand 1.1.20 ends the job on WORK_EXCEPTION and turns it into WORK_FAIL for
+    clients without exceptions enabled; a WORK_FAIL after it would earn an ERROR JOB_NOT_FOUND.
+    """
+
+    name = "native"
+
+    def __init__(
+        self,
+        servers: Sequence[Server],
+        client_id: str,
+        functions: Mapping[str, JobRunner],
+        hooks: BackendHooks,
+        *,
+        max_backoff: float = 5.0,
+    ) -> None:
+        super().__init__(servers, client_id, functions, hooks, max_backoff=max_backoff)
+        self.max_packet = DEFAULT_MAX_PACKET
+        self.write_timeout = 60.0  # a server that reads nothing for this long is dead
+        self.stop_grace = 2.0  # how long a stop waits for the answer to an outstanding grab
+        self._runners: dict[bytes, tuple[str, JobRunner]] = {
+            name.encode(): (name, runner) for name, runner in self.functions.items()
+        }
+        hello = [encode_request(Cmd.SET_CLIENT_ID, client_id.encode())] if client_id else []
+        hello.append(encode_request(Cmd.RESET_ABILITIES))
+        hello.extend(encode_request(Cmd.CAN_DO, name) for name in self._runners)
+        self._hello = b"".join(hello)
+        self._echo_seq = 0
+        self._conns: list[ServerConnection] = []
+        self._ready: deque[ServerConnection] = deque()
+        self._grabbing: ServerConnection | None = None
+        self._stopping = False
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        hooks = self.hooks
+        sel = selectors.DefaultSelector()
+        self._conns = [
+            ServerConnection(
+                server, sel, max_backoff=self.max_backoff, max_packet=self.max_packet,
+                write_timeout=self.write_timeout,
+            )
+            for server in self.servers
+        ]
+        self._ready.clear()
+        self._grabbing = None
+        self._stopping = False
+        stop_by = 0.0
+        try:
+            while True:
+                if not self._stopping and hooks.should_stop():
+                    self._stopping = True
+                    stop_by = time.monotonic() + self.stop_grace
+                if self._stopping and (self._grabbing is None or time.monotonic() > stop_by):
+                    return
+                timeout = self._connect_due(hooks.poll_interval)
+                for key, mask in sel.select(timeout):
+                    conn: ServerConnection = key.data
+                    if conn.sock is None:
+                        continue  # closed earlier in this batch
+                    try:
+                        if conn.state == CONNECTING:
+                            conn.finish_connect()
+                            conn.send(self._hello + self._echo(conn))
+                            continue
+                        if mask & _EVENT_WRITE:
+                            conn.flush_some()
+                        if mask & _EVENT_READ:
+                            for packet in conn.read():
+                                self._handle(conn, packet[1], packet[2])
+                    except ProtocolError as exc:
+                        self._lost(conn, f"protocol error: {exc}", logging.ERROR)
+                    except ServerError as exc:
+                        self._lost(conn, f"server error: {exc}", logging.ERROR)
+                    except OSError as exc:
+                        self._lost(conn, str(exc), logging.WARNING)
+                for conn in self._conns:
+                    if conn.dead is not None:
+                        self._lost(conn, conn.dead, logging.WARNING)
+        finally:
+            self._shutdown(sel)
+
+    def _connect_due(self, poll_interval: float) -> float:
+        """Start the reconnects that are due; return how long select may sleep."""
+        timeout = poll_interval
+        now = 0.0
+        for conn in self._conns:
+            if conn.state != DOWN:
+                continue
+            now = now or time.monotonic()
+            if conn.retry_at <= now:
+                try:
+                    conn.start_connect()
+                except OSError as exc:
+                    self._failed(conn, str(exc))
+                    now = time.monotonic()
+            if conn.state == DOWN:
+                timeout = min(timeout, max(conn.retry_at - now, 0.0))
+        return timeout
+
+    def _echo(self, conn: ServerConnection) -> bytes:
+        self._echo_seq += 1
+        conn.token = b"gearman-driver:%d:%d" % (os.getpid(), self._echo_seq)
+        return encode_request(Cmd.ECHO_REQ, conn.token)
+
+    # -- packets -------------------------------------------------------------------------
+
+    def _handle(self, conn: ServerConnection, cmd: int, args: tuple[bytes, ...]) -> None:
+        if cmd == _JOB_ASSIGN_UNIQ:
+            self._run_job(conn, args[0], args[1], args[2], args[3])
+        elif cmd == _NOOP:
+            if conn.state == SLEEPING:
+                conn.state = READY
+                self._enqueue(conn)
+                self._grab_next()
+        elif cmd == _NO_JOB:
+            if self._grabbing is conn:
+                self._grabbing = None
+            if self._stopping:
+                conn.state = READY
+                return
+            conn.state = SLEEPING
+            conn.send(_PRE_SLEEP)
+            self._grab_next()
+        elif cmd == _ECHO_RES:
+            if conn.state == REGISTERING and args[0] == conn.token:
+                conn.state = READY
+                conn.registered()
+                log.info("registered %d functions with %s", len(self._runners), conn.label)
+                self.hooks.on_registered(conn.server)
+                self._enqueue(conn)
+                self._grab_next()
+        elif cmd == _ERROR:
+            raise ServerError(b": ".join(args).decode(errors="replace"))
+        elif cmd == _JOB_ASSIGN:
+            self._run_job(conn, args[0], args[1], b"", args[2])
+        else:
+            raise ProtocolError(f"unexpected packet {Cmd(cmd).name} for a worker")
+
+    def _run_job(
+        self, conn: ServerConnection, handle: bytes, function: bytes, unique: bytes,
+        workload: bytes,
+    ) -> None:
+        """Run the job in hand and send its result, pipelined with the next grab if we go on."""
+        if self._grabbing is conn:
+            self._grabbing = None
+        conn.state = READY
+        entry = self._runners.get(function)
+        if entry is None:
+            log.error("%s assigned unregistered function %r; failing it", conn.label, function)
+            result = JobResult("fail")
+        else:
+            result = entry[1](NativeJob(handle, unique, entry[0], workload, conn))
+        status = result.status
+        if status == "complete":
+            data = result.data
+            if type(data) is not bytes:
+                data = data.encode() if isinstance(data, str) else bytes(data)
+            parts = [result_header(_WORK_COMPLETE, handle, len(data)), data]
+        elif status == "exception":
+            data = result.data
+            if type(data) is not bytes:
+                data = data.encode() if isinstance(data, str) else bytes(data)
+            parts = [result_header(_WORK_EXCEPTION, handle, len(data)), data]
+        else:
+            parts = [encode_request(_WORK_FAIL, handle)]
+        if self._stopping or self.hooks.should_stop():
+            self._stopping = True
+            conn.send_parts(parts)
+        elif self._grabbing is None and not self._ready:
+            parts.append(_GRAB)
+            conn.send_parts(parts)
+            conn.state = GRABBING
+            self._grabbing = conn
+        else:  # another server woke us meanwhile: take turns
+            conn.send_parts(parts)
+            self._enqueue(conn)
+            self._grab_next()
+
+    def _enqueue(self, conn: ServerConnection) -> None:
+        if not conn.queued:
+            conn.queued = True
+            self._ready.append(conn)
+
+    def _grab_next(self) -> None:
+        """Send GRAB_JOB_UNIQ on the next awake connection, if none is outstanding."""
+        if self._grabbing is not None or self._stopping:
+            return
+        ready = self._ready
+        while ready:
+            conn = ready.popleft()
+            conn.queued = False
+            if conn.state == READY and conn.dead is None:
+                conn.state = GRABBING
+                self._grabbing = conn
+                conn.send(_GRAB)
+                return
+
+    # -- failures ------------------------------------------------------------------------
+
+    def _lost(self, conn: ServerConnection, reason: str, level: int) -> None:
+        """Close, report and schedule a reconnect; the other servers carry on."""
+        if conn.sock is None:
+            return
+        if conn.state == CONNECTING:
+            self._failed(conn, reason)
+            return
+        log.log(level, "closing connection to %s: %s", conn.label, reason)
+        if self._grabbing is conn:
+            self._grabbing = None
+        was_up = conn.close()
+        conn.dead = None
+        conn.schedule_retry(time.monotonic())
+        if was_up:
+            self.hooks.on_disconnected(conn.server)
+        self._grab_next()
+
+    def _failed(self, conn: ServerConnection, reason: str) -> None:
+        """A connect attempt failed: say so once, then quietly retry with backoff."""
+        conn.close()
+        conn.dead = None
+        level = logging.WARNING if conn.failures == 0 else logging.DEBUG
+        log.log(level, "cannot connect to %s: %s (retrying with backoff)", conn.label, reason)
+        conn.schedule_retry(time.monotonic())
+
+    def _shutdown(self, sel: selectors.BaseSelector) -> None:
+        """Deliver what is still buffered (the last result), then close everything."""
+        for conn in self._conns:
+            if conn.sock is not None and conn.state >= REGISTERING:
+                conn.flush_blocking(5.0)
+            conn.close()
+        self._conns = []
+        self._ready.clear()
+        self._grabbing = None
+        sel.close()

@@ -1,0 +1,289 @@
+"""One non-blocking connection to one gearmand, for the native backend.
+
+Kept apart from the event loop (native.py) so the loop reads as the worker's state machine
+and this file holds the socket chores: non-blocking connect, buffered writes that never raise
+(a write error marks the connection dead and the loop reaps it), reads through the strict
+parser, and the reconnect schedule with capped, jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import select
+import selectors
+import socket
+import time
+
+from gearman_driver.backends.base import GearmanJob, Server
+from gearman_driver.protocol import (
+    HEADER,
+    REQ,
+    Cmd,
+    Packet,
+    PacketParser,
+    ProtocolError,
+    encode_request,
+)
+
+# Connection states.
+DOWN = 0  # no socket; waiting for retry_at
+CONNECTING = 1  # non-blocking connect in progress
+REGISTERING = 2  # client id, abilities and ECHO_REQ sent; waiting for ECHO_RES
+READY = 3  # registered and awake: needs a GRAB_JOB_UNIQ
+GRABBING = 4  # GRAB_JOB_UNIQ sent; waiting for JOB_ASSIGN_UNIQ or NO_JOB
+SLEEPING = 5  # PRE_SLEEP sent; waiting for NOOP
+
+INITIAL_BACKOFF = 0.1
+RECV_MIN = 65536
+RECV_MAX = 16 * 1024 * 1024
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+class ServerConnection:
+    """Socket, parser, output buffer and reconnect schedule for one server."""
+
+    __slots__ = (
+        "server", "sel", "sock", "parser", "out", "state", "dead", "queued", "token",
+        "retry_at", "delay", "max_backoff", "max_packet", "write_timeout", "failures",
+        "_want_write",
+    )
+
+    def __init__(
+        self,
+        server: Server,
+        sel: selectors.BaseSelector,
+        *,
+        max_backoff: float,
+        max_packet: int,
+        write_timeout: float,
+    ) -> None:
+        self.server = server
+        self.sel = sel
+        self.sock: socket.socket | None = None
+        self.parser = PacketParser(max_size=max_packet)
+        self.out = bytearray()  # reused for every partial write
+        self.state = DOWN
+        self.dead: str | None = None  # set by a failed write; the loop closes the connection
+        self.queued = False  # in the backend's ready queue
+        self.token = b""
+        self.retry_at = 0.0
+        self.delay = INITIAL_BACKOFF
+        self.max_backoff = max_backoff
+        self.max_packet = max_packet
+        self.write_timeout = write_timeout
+        self.failures = 0  # consecutive failed attempts, to log only the first
+        self._want_write = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.server[0]}:{self.server[1]}"
+
+    def start_connect(self) -> None:
+        """Begin a non-blocking connect; completion is signalled by writability."""
+        host, port = self.server
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+            if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
+                raise OSError(err, errno.errorcode.get(err, str(err)))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.parser = PacketParser(max_size=self.max_packet)
+        self.out.clear()
+        self.dead = None
+        self.state = CONNECTING
+        self._want_write = True
+        self.sel.register(sock, _READ | _WRITE, self)
+
+    def finish_connect(self) -> None:
+        """Raise OSError if the connect failed; else switch to reading."""
+        assert self.sock is not None
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, errno.errorcode.get(err, str(err)))
+        self.state = REGISTERING
+        self._want_write = False
+        self.sel.modify(self.sock, _READ, self)
+
+    def close(self) -> bool:
+        """Drop the socket; True if it had been connected (a loss worth reporting)."""
+        was_up = self.state >= REGISTERING
+        if self.sock is not None:
+            try:
+                self.sel.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self.sock.close()
+            self.sock = None
+        self.out.clear()
+        self.state = DOWN
+        return was_up
+
+    def schedule_retry(self, now: float) -> None:
+        """Next attempt after the current delay (jittered so many children do not stampede)."""
+        self.retry_at = now + self.delay * random.uniform(0.8, 1.0)
+        self.delay = min(self.delay * 2, self.max_backoff)
+        self.failures += 1
+
+    def registered(self) -> None:
+        self.delay = INITIAL_BACKOFF
+        self.failures = 0
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self) -> list[Packet]:
+        """Packets from one recv; raises ConnectionError on EOF, ProtocolError on garbage."""
+        assert self.sock is not None
+        parser = self.parser
+        size = RECV_MIN if not parser.buffered else min(max(parser.wanted, RECV_MIN), RECV_MAX)
+        try:
+            data = self.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return []
+        if not data:
+            if parser.buffered:
+                raise ProtocolError(f"truncated packet: closed after {parser.buffered} bytes")
+            raise ConnectionError("connection closed by server")
+        return parser.feed(data)
+
+    # -- writing: never raises; a failure sets `dead` ----------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue and try to write `data` now; the selector finishes a partial write."""
+        if self.sock is None or self.dead is not None:
+            return
+        out = self.out
+        if out:
+            out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.dead = f"write failed: {exc}"
+            return
+        if sent < len(data):
+            out += memoryview(data)[sent:]
+            self._set_write(True)
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Write several buffers with one sendmsg (no copy of a large result)."""
+        if self.sock is None or self.dead is not None:
+            return
+        out = self.out
+        if out:
+            for part in parts:
+                out += part
+            return
+        try:
+            if sum(map(len, parts)) < 65536:
+                data = b"".join(parts)  # small: one copy is cheaper than an iovec
+                sent = self.sock.send(data)
+                parts = [data]
+            else:
+                sent = self.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.dead = f"write failed: {exc}"
+            return
+        for part in parts:
+            size = len(part)
+            if sent >= size:
+                sent -= size
+                continue
+            out += memoryview(part)[sent:]
+            sent = 0
+        if out:
+            self._set_write(True)
+
+    def flush_some(self) -> None:
+        """Called when writable: push out what is buffered."""
+        if self.sock is None or self.dead is not None:
+            return
+        out = self.out
+        if out:
+            try:
+                sent = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.dead = f"write failed: {exc}"
+                return
+            del out[:sent]  # O(1) at the front of a bytearray
+        if not out:
+            self._set_write(False)
+
+    def send_now(self, data: bytes, timeout: float | None = None) -> None:
+        """Write `data` and everything before it before returning (WORK_STATUS/DATA/WARNING).
+
+        Blocks up to `timeout` (default: write_timeout) without progress; a peer that stops
+        reading for that long is declared dead rather than hanging the job forever.
+        """
+        self.send(data)
+        self.flush_blocking(self.write_timeout if timeout is None else timeout)
+
+    def flush_blocking(self, timeout: float) -> None:
+        sock = self.sock
+        if sock is None or self.dead is not None or not self.out:
+            return
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        deadline = time.monotonic() + timeout
+        while self.out and self.dead is None:
+            self.flush_some()
+            if not self.out or self.dead is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.dead = f"write stalled for {timeout:.0f} s"
+                break
+            if poller.poll(left * 1000):
+                deadline = time.monotonic() + timeout  # progress possible: restart the clock
+
+    def _set_write(self, on: bool) -> None:
+        if on != self._want_write and self.sock is not None:
+            self._want_write = on
+            self.sel.modify(self.sock, _READ | _WRITE if on else _READ, self)
+
+
+def result_header(cmd: int, handle: bytes, size: int) -> bytes:
+    """Header + handle + NUL of a two-argument work packet whose last argument is `size` bytes."""
+    return HEADER.pack(REQ, cmd, len(handle) + 1 + size) + handle + b"\0"
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+class NativeJob(GearmanJob):
+    """A job taken on one connection; progress packets go out on that connection at once."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(
+        self, handle: bytes, unique: bytes, function: str, workload: bytes, conn: ServerConnection
+    ) -> None:
+        super().__init__(handle, unique, function, workload)
+        self._conn = conn
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        self._conn.send_now(
+            encode_request(
+                Cmd.WORK_STATUS, self.handle, b"%d" % numerator, b"%d" % denominator
+            )
+        )
+
+    def send_data(self, data: bytes | str) -> None:
+        self._conn.send_now(encode_request(Cmd.WORK_DATA, self.handle, _as_bytes(data)))
+
+    def send_warning(self, data: bytes | str) -> None:
+        self._conn.send_now(encode_request(Cmd.WORK_WARNING, self.handle, _as_bytes(data)))
