@@ -222,7 +222,8 @@ def apply_runtime_attributes(
         minimum = override.get("min_processes", spec.min_processes)
         maximum = override.get("max_processes", spec.max_processes)
         if minimum > maximum:
-            raise error(("job_runtime_attributes", spec.name),
+            key = "min_processes" if "min_processes" in override else "max_processes"
+            raise error(("job_runtime_attributes", spec.name, key),
                         f"min_processes ({minimum}) is greater than max_processes ({maximum})")
         result.append(JobSpec(
             name=spec.name, worker=spec.worker, class_path=spec.class_path,
