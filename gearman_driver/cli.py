@@ -8,10 +8,9 @@ command line; 78 (EX_CONFIG) for a config or worker-loading mistake, reported in
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 EX_TEMPFAIL = 75
@@ -19,24 +18,6 @@ EX_TEMPFAIL = 75
 
 def _print_error(message: str) -> None:
     print(f"gearman-driver: {message}", file=sys.stderr)
-
-
-def _callback(spec: str | None, settings: Any) -> Callable[..., Any] | None:
-    """Resolve `unknown_job_callback: "module:function"`."""
-    if not spec:
-        return None
-    from gearman_driver.config import ConfigError
-
-    module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:
-        raise settings.error(("unknown_job_callback",),
-                             f"expected an importable 'module:function', got {spec!r} ({exc})"
-                             ) from exc
-    if not callable(function):
-        raise ConfigError(f"unknown_job_callback: {spec} is not callable")
-    return function
 
 
 def job_table(driver: Any) -> str:
@@ -67,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(command.config_files, command.overrides)
         setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
-        driver = Driver(settings,
-                        unknown_job_callback=_callback(settings.unknown_job_callback, settings))
+        driver = Driver(settings)
         driver.cli_overrides = command.overrides
         driver.load()
     except (ConfigError, LoadError) as exc:

@@ -9,6 +9,7 @@ children, and user callbacks here are guarded.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import selectors
@@ -49,7 +50,7 @@ class Driver:
         self.settings = settings if settings is not None else load_settings([], options)
         self.cli_overrides: Mapping[str, Any] = dict(options)  # re-applied on every reload
         self.jobs = JobTable()
-        self._unknown_job_callback = unknown_job_callback
+        self.unknown_job_callback = unknown_job_callback
         self._loaded = False
         self._stopping = False
         self._reload_requested = False
@@ -120,6 +121,8 @@ class Driver:
         specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
         for spec in specs:
             self.jobs.add(spec)
+        if self.unknown_job_callback is None and settings.unknown_job_callback:
+            self.unknown_job_callback = _import_callback(settings)  # `lib` is on sys.path now
         self._loaded = True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -221,9 +224,9 @@ class Driver:
             info = {"name": name, "queue": status.total, "busy": status.running,
                     "free": max(0, status.available_workers - status.running),
                     "running": status.available_workers}
-            if self._unknown_job_callback is not None:
+            if self.unknown_job_callback is not None:
                 try:
-                    self._unknown_job_callback(self, info)
+                    self.unknown_job_callback(self, info)
                 except Exception:
                     log.exception("unknown_job_callback failed for %s", name)
             elif name not in self._warned_unknown:
@@ -361,6 +364,21 @@ class Driver:
             if snap.servers_down:
                 text += " (down: " + ", ".join(f"{h}:{p}" for h, p in snap.servers_down) + ")"
         return text
+
+
+def _import_callback(settings: Settings) -> UnknownJobCallback:
+    """Resolve `unknown_job_callback: "module:function"`; a bad one is a config error."""
+    spec = settings.unknown_job_callback or ""
+    module_name, _, attr = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        raise settings.error(("unknown_job_callback",),
+                             f"expected an importable 'module:function', got {spec!r} ({exc})"
+                             ) from exc
+    if not callable(function):
+        raise settings.error(("unknown_job_callback",), f"{spec} is not callable")
+    return function  # type: ignore[no-any-return]
 
 
 def _noop_handler(signum: int, frame: object) -> None:

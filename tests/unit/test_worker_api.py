@@ -279,8 +279,9 @@ def test_runtime_min_above_max_after_override_is_an_error(tmp_path: Path) -> Non
     config = tmp_path / "c.yml"
     config.write_text("job_runtime_attributes:\n  g.pair:\n    min_processes: 6\n")
     settings = load_settings([str(config)])
-    with pytest.raises(Exception, match=r"c\.yml:3:5: job_runtime_attributes\.g\.pair\.min_processes: "
-                                        r"min_processes \(6\) is greater than max_processes"):
+    with pytest.raises(Exception, match=r"c\.yml:3:5: job_runtime_attributes\.g\.pair\."
+                                        r"min_processes: min_processes \(6\) is greater than "
+                                        r"max_processes"):
         apply_runtime_attributes(job_specs(Grouped(server="s")),
                                  settings.job_runtime_attributes, settings.error)
 
