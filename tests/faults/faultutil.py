@@ -1,0 +1,95 @@
+"""Helpers for the fault suite: /proc figures of the master, a console client with short
+timeouts, and the figures each scenario writes for docs/faults.md (env GD_FAULT_FIGURES)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.gearmand_util import free_port
+
+FIGURES_ENV = "GD_FAULT_FIGURES"
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def rss_kb(pid: int) -> int:
+    return proc_status(pid, "VmRSS")
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The master's peak resident set (VmHWM): it only grows, so read it before stopping."""
+    return proc_status(pid, "VmHWM")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (not its children), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def console(port: int, command: str, timeout: float = 1.0) -> list[str]:
+    """One console command with a short timeout; the reply lines without the final `.`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        while not (data == b".\n" or data.endswith(b"\n.\n")):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    lines = data.decode(errors="replace").splitlines()
+    assert lines and lines[-1] == ".", f"console reply not terminated: {data[-200:]!r}"
+    return lines[:-1]
+
+
+def console_config() -> tuple[int, dict[str, Any]]:
+    port = free_port()
+    return port, {"console_port": port}
+
+
+def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> bool:
+    try:
+        os.kill(pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def pick(pids: list[int], rng: random.Random) -> int | None:
+    return rng.choice(pids) if pids else None
+
+
+def started_count(log: str, job: str) -> int:
+    """How many processes the master logged as started for `job`."""
+    return sum(1 for line in log.splitlines()
+               if "started process" in line and f" for {job} (" in line)
+
+
+def record_figures(scenario: str, *, sent: int, completed: int, failed: int, lost: int,
+                   recover_s: float | None, peak_rss_kb: int | None, notes: str = "",
+                   **extra: Any) -> None:
+    """Append one JSON line for bench/faults_figures.py when GD_FAULT_FIGURES is set."""
+    path = os.environ.get(FIGURES_ENV)
+    if not path:
+        return
+    row = {"scenario": scenario, "sent": sent, "completed": completed, "failed": failed,
+           "lost": lost, "recover_s": None if recover_s is None else round(recover_s, 2),
+           "peak_rss_mb": None if peak_rss_kb is None else round(peak_rss_kb / 1024, 1),
+           "notes": notes, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    with open(path, "a") as out:
+        out.write(json.dumps(row) + "\n")
