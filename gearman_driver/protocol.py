@@ -253,12 +253,17 @@ class PacketParser:
                 args: tuple[bytes, ...] = ()
             elif nargs == 1:
                 args = (buf[start:stop],)
-            else:
-                parts = buf[start:stop].split(b"\0", nargs - 1)
-                if len(parts) != nargs:
-                    raise ProtocolError(
-                        f"packet type {cmd} needs {nargs} arguments, got {len(parts)}"
-                    )
+            else:  # slice each argument straight from buf: one copy even for 16 MiB
+                parts: list[bytes] = []
+                for _ in range(nargs - 1):
+                    nul = buf.find(b"\0", start, stop)
+                    if nul < 0:
+                        raise ProtocolError(
+                            f"packet type {cmd} needs {nargs} arguments, got {len(parts) + 1}"
+                        )
+                    parts.append(buf[start:nul])
+                    start = nul + 1
+                parts.append(buf[start:stop])
                 args = tuple(parts)
             packets.append(Packet(magic, cmd, args))
             pos = stop

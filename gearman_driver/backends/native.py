@@ -62,6 +62,11 @@ class NativeBackend(WorkerBackend):
     Results: "complete" -> WORK_COMPLETE; "fail" -> WORK_FAIL; "exception" -> WORK_EXCEPTION
     alone. gearmand 1.1.20 ends the job on WORK_EXCEPTION and turns it into WORK_FAIL for
     clients without exceptions enabled; a WORK_FAIL after it would earn an ERROR JOB_NOT_FOUND.
+
+    Hooks: on_registered(server) after the ECHO round trip that follows the CAN_DOs, on every
+    (re)connect; on_disconnected(server) only for a connection that had been registered, so
+    the two pair up. A failed connect is logged once at WARNING, then at DEBUG while it lasts.
+    Host names are resolved (blocking) at each connect attempt: prefer IP addresses.
     """
 
     name = "native"

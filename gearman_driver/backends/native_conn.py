@@ -113,8 +113,9 @@ class ServerConnection:
         self.sel.modify(self.sock, _READ, self)
 
     def close(self) -> bool:
-        """Drop the socket; True if it had been connected (a loss worth reporting)."""
-        was_up = self.state >= REGISTERING
+        """Drop the socket; True if it was registered (so on_disconnected pairs with
+        on_registered, and a peer that accepts then hangs up is not reported every retry)."""
+        was_up = self.state >= READY
         if self.sock is not None:
             try:
                 self.sel.unregister(self.sock)

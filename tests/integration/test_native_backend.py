@@ -376,6 +376,26 @@ def test_should_stop_waits_for_the_running_job(
     assert status_table(gearmand)["sleepy"][:2] == (1, 0)  # the second job was not taken
 
 
+def test_server_lost_during_a_job(tmp_path: Path, workers: Callable[..., Worker]) -> None:
+    proc, port = start_gearmand(tmp_path / "1")
+    try:
+        worker = workers([(LOCAL, port)], {"sleepy": sleepy, "echo": echo}, max_backoff=0.3)
+        worker.wait("registered", (LOCAL, port))
+        with TestClient(port) as client:
+            client.submit_bg("sleepy", b"1.0")
+        assert wait_for(lambda: status_table(port).get("sleepy", (0, 0, 0))[1] == 1, 5)
+        stop_gearmand(proc)  # the result of the job in hand has nowhere to go
+        proc, _ = start_gearmand(tmp_path / "2", port=port)
+        worker.wait("disconnected", (LOCAL, port))
+        worker.wait("registered", (LOCAL, port))
+        with TestClient(port) as client:
+            assert client.submit("echo", b"back").result == b"back"
+        assert worker.proc.is_alive()
+        assert worker.logs("ERROR") == []
+    finally:
+        stop_gearmand(proc)
+
+
 # -- a fake peer that speaks garbage ----------------------------------------------------------
 
 GARBAGE = {
