@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
         driver = Driver(settings)
         driver.cli_overrides = command.overrides
+        driver.reexec_allowed = True
         driver.load()
     except (ConfigError, LoadError) as exc:
         _print_error(str(exc))

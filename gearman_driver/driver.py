@@ -9,7 +9,6 @@ children, and user callbacks here are guarded.
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
 import selectors
@@ -20,13 +19,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gearman_driver import __version__
+from gearman_driver.autoscaler import Autoscaler
 from gearman_driver.config import Settings, load_settings, options_for
 from gearman_driver.jobs import Job, JobSpec, JobTable, LoadError, MethodSpec
-from gearman_driver.loader import apply_runtime_attributes, load_jobs
+from gearman_driver.loader import (
+    apply_runtime_attributes,
+    coder,
+    import_callback,
+    load_jobs,
+    module_stamps,
+)
 from gearman_driver.logs import reopen_logfile
-from gearman_driver.observer import Observer, Snapshot
 from gearman_driver.processes import ProcessManager
-from gearman_driver.scaling import JobFigures, ProcessFigures, decide
 from gearman_driver.scoreboard import Scoreboard, State
 from gearman_driver.systemd import Notifier
 from gearman_driver.worker import Worker
@@ -35,7 +39,6 @@ log = logging.getLogger("gearman_driver")
 
 SCOREBOARD_SLOTS = 4096
 TURN_SECONDS = 0.2
-SATURATION_POLL_GAP = 0.05
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGUSR1, signal.SIGUSR2)
 
@@ -54,19 +57,22 @@ class Driver:
         self._loaded = False
         self._stopping = False
         self._reload_requested = False
-        self._warned_unknown: set[str] = set()
-        self._last_snapshot_used: dict[str, float] = {}
-        self._next_poll = 0.0
-        self._last_saturation_poll = 0.0
         self._last_gc = time.monotonic()
         self.selector: selectors.BaseSelector | None = None
-        self.observer: Observer | None = None
+        self.autoscaler: Autoscaler | None = None
         self.console: Any = None
         self.scoreboard: Scoreboard | None = None
         self.processes: ProcessManager | None = None
         self.notifier = Notifier()
         self._wakeup: tuple[int, int] | None = None
         self.driver_id = f"{socket.gethostname().replace(' ', '_')}:{os.getpid()}"
+        self.loaded_workers: dict[str, Worker] = {}  # class path -> the object its jobs run on
+        self.reexec_allowed = False  # only a master started by the CLI can exec itself again
+        self._reexec = False
+        self._module_stamps: dict[str, tuple[str, float]] = {}
+        self._ready_sent = False
+        self._unregistered_since: float | None = None
+        self._freeze = os.environ.get("GEARMAN_DRIVER_NO_GC_FREEZE", "") in ("", "0")
 
     # -- Gearman::Driver's public API --------------------------------------------------------
     def add_job(self, name: str, worker: Worker, methods: Sequence[Mapping[str, Any]],
@@ -79,8 +85,8 @@ class Driver:
                 body.__get__(worker, type(worker))
             specs.append(MethodSpec(
                 function=str(method["name"]), body=bound,
-                encode=_resolve_coder(worker, method.get("encode"), "encode"),
-                decode=_resolve_coder(worker, method.get("decode"), "decode"),
+                encode=coder(worker, f"add_job({name})", method.get("encode"), "encode"),
+                decode=coder(worker, f"add_job({name})", method.get("decode"), "decode"),
             ))
         if min_processes > max_processes:
             raise LoadError(f"add_job({name}): min_processes ({min_processes}) is greater than "
@@ -121,8 +127,12 @@ class Driver:
         specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
         for spec in specs:
             self.jobs.add(spec)
+            self.loaded_workers[spec.class_path] = spec.worker
+        self._module_stamps = module_stamps(settings.namespaces)
         if self.unknown_job_callback is None and settings.unknown_job_callback:
-            self.unknown_job_callback = _import_callback(settings)  # `lib` is on sys.path now
+            # imported after the namespaces: `lib` is on sys.path now
+            self.unknown_job_callback = import_callback(settings.unknown_job_callback,
+                                                        settings.error)
         self._loaded = True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -138,6 +148,11 @@ class Driver:
                 self._turn()
                 if self._stopping and not any(j.processes for j in self.jobs.values()):
                     break
+                if self._reexec and not any(j.processes for j in self.jobs.values()):
+                    self._close()
+                    from gearman_driver.reload import reexec
+
+                    reexec(self.settings.daemonize)
         finally:
             self._close()
         log.info("gearman-driver stopped")
@@ -152,87 +167,20 @@ class Driver:
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-        if not self._stopping:
-            self._manage(now)
+        assert self.autoscaler is not None
+        active = not self._stopping and not self._reexec
+        if active:
+            self.autoscaler.manage(now)
+            if not self._ready_sent:
+                self._check_ready(now)
         self.processes.enforce_deadlines(now)
-        if self.observer is not None:
-            self.observer.tick(now)
-            if not self._stopping and self.settings.interval > 0 and now >= self._next_poll:
-                if self.observer.start_poll(now):
-                    self._next_poll = now + self.settings.interval
+        self.autoscaler.tick(now, polling=active)
         if self.console is not None:
             self.console.tick(now)
         self.notifier.tick(now, self.status_line)
         if now - self._last_gc > 60:
             gc.collect()  # frozen objects are skipped: only the master's own garbage
             self._last_gc = now
-
-    def _manage(self, now: float) -> None:
-        """Bring every job within its limits, and scale it from a fresh snapshot once."""
-        assert self.processes is not None and self.scoreboard is not None
-        snapshot = self.observer.snapshot if self.observer is not None else None
-        saturated = False
-        for job in self.jobs.values():
-            waiting: int | None = None
-            drivers = 1
-            if snapshot is not None and snapshot.servers_up and \
-                    self._last_snapshot_used.get(job.name) != snapshot.taken_at:
-                self._last_snapshot_used[job.name] = snapshot.taken_at
-                waiting = snapshot.waiting(job.spec.functions)
-                drivers = self._drivers(snapshot, job)
-            figures = self._figures(job, waiting, drivers, now)
-            decision = decide(figures)
-            if decision.start and self.processes.can_start(job, now):
-                reason = "scale up" if waiting else "min_processes"
-                gc.freeze()
-                for _ in range(decision.start):
-                    self.processes.start(job, reason)
-            for pid in decision.stop:
-                process = job.processes.get(pid)
-                if process is not None:
-                    self.processes.stop(process, "idle" if waiting == 0 else "max_processes")
-            live = [p for p in figures.processes if not p.stopping]
-            if live and all(p.busy for p in live) and len(live) < job.max_processes:
-                saturated = True
-        if saturated and self.observer is not None and self.settings.interval > 0 and \
-                now - self._last_saturation_poll >= SATURATION_POLL_GAP:
-            if self.observer.start_poll(now):
-                self._last_saturation_poll = now
-
-    def _figures(self, job: Job, waiting: int | None, drivers: int, now: float) -> JobFigures:
-        assert self.scoreboard is not None
-        wall = time.time()
-        processes = []
-        for process in job.processes.values():
-            view = self.scoreboard.read(process.slot)
-            since = view.last_job_end if view.last_job_end else view.started
-            processes.append(ProcessFigures(process.pid, view.state == State.BUSY,
-                                            max(0.0, wall - since), process.stopping))
-        return JobFigures(job.name, job.min_processes, job.max_processes, processes, waiting,
-                          drivers, self.settings.max_idle_time)
-
-    def _drivers(self, snapshot: Snapshot, job: Job) -> int:
-        from gearman_driver.observer import driver_peers
-
-        return len(driver_peers(snapshot, job.spec.functions) | {self.driver_id})
-
-    def _on_snapshot(self, snapshot: Snapshot) -> None:
-        ours = {f for job in self.jobs.values() for f in job.spec.functions}
-        for name, status in snapshot.functions.items():
-            if name in ours or status.total <= 0:
-                continue
-            info = {"name": name, "queue": status.total, "busy": status.running,
-                    "free": max(0, status.available_workers - status.running),
-                    "running": status.available_workers}
-            if self.unknown_job_callback is not None:
-                try:
-                    self.unknown_job_callback(self, info)
-                except Exception:
-                    log.exception("unknown_job_callback failed for %s", name)
-            elif name not in self._warned_unknown:
-                self._warned_unknown.add(name)
-                log.warning("gearmand has %d jobs queued for %s, which no job of ours serves",
-                            status.total, name)
 
     # -- set-up and tear-down ------------------------------------------------------------------
     def _open(self) -> None:
@@ -257,10 +205,7 @@ class Driver:
                                   self.settings.max_jobs_jitter),
             close_inherited=self._close_in_child,
         )
-        if self.settings.interval > 0:
-            self.observer = Observer(self.settings.server, self.selector,
-                                     timeout=max(1.0, min(5.0, self.settings.interval * 2)),
-                                     on_snapshot=self._on_snapshot)
+        self.autoscaler = Autoscaler(self, self.selector, freeze=self._freeze)
         self._open_console()
 
     def _open_console(self) -> None:
@@ -286,8 +231,8 @@ class Driver:
         if self._wakeup:
             for fd in self._wakeup:
                 os.close(fd)
-        if self.observer is not None:
-            self.observer.close_in_child()
+        if self.autoscaler is not None:
+            self.autoscaler.close_in_child()
         if self.console is not None:
             self.console.close_in_child()
         if self.selector is not None:
@@ -306,8 +251,8 @@ class Driver:
                 time.sleep(0.01)
         if self.console is not None:
             self.console.close()
-        if self.observer is not None:
-            self.observer.close()
+        if self.autoscaler is not None:
+            self.autoscaler.close()
         signal.set_wakeup_fd(-1)
         if self._wakeup:
             for fd in self._wakeup:
@@ -339,6 +284,71 @@ class Driver:
 
         apply_reload(self)
 
+    def _check_ready(self, now: float) -> None:
+        """READY=1 once every job's min processes are registered with gearmand, or running
+        while gearmand cannot be reached (so `systemctl start` does not hang on gearmand)."""
+        assert self.scoreboard is not None
+        unregistered = False
+        for job in self.jobs.values():
+            live = job.running()
+            if len(live) < job.min_processes and job.failed_starts == 0:
+                return
+            for process in live:
+                view = self.scoreboard.read(process.slot)
+                if view.state == State.STARTING:
+                    return
+                unregistered = unregistered or view.registered == 0
+        if unregistered:
+            snapshot = self.autoscaler.snapshot if self.autoscaler is not None else None
+            self._unregistered_since = self._unregistered_since or now
+            if not (snapshot is not None and snapshot.servers_down) and \
+                    now - self._unregistered_since < 5.0:
+                return
+        self._ready_sent = True
+        status = self.status_line()
+        log.info("ready: %s", status)
+        self.notifier.ready(status)
+
+    def rolling_restart(self, names: Sequence[str]) -> None:
+        """Replace these jobs' processes: old ones finish the job in hand, new ones start now."""
+        assert self.processes is not None
+        for name in names:
+            for process in list(self.jobs[name].processes.values()):
+                self.processes.stop(process, "reload")
+
+    def request_reexec(self) -> None:
+        """Drain every process, then exec a fresh master (worker code or namespaces changed)."""
+        if not self.reexec_allowed:
+            log.error("the change needs a restart of gearman-driver (namespaces, lib or worker "
+                      "code changed); the running configuration is kept")
+            return
+        self._reexec = True
+        self.notifier.reloading()
+        assert self.processes is not None
+        for process in list(self.jobs.processes()):
+            self.processes.stop(process, "re-exec")
+
+    def changed_modules(self) -> list[str]:
+        """Worker modules whose file changed on disk since they were imported."""
+        return [name for name, (path, mtime) in module_stamps(self.settings.namespaces).items()
+                if self._module_stamps.get(name, (path, mtime))[1] != mtime]
+
+    def settings_changed(self, old: Settings) -> None:
+        """After a reload: follow a new server list and console address."""
+        new = self.settings
+        assert self.selector is not None
+        if (old.server, old.interval) != (new.server, new.interval) and self.autoscaler:
+            self.autoscaler.configure(new)
+        console_keys = ("console_port", "console_host", "console_socket")
+        if any(getattr(old, k) != getattr(new, k) for k in console_keys):
+            if self.console is not None:
+                self.console.close()
+                self.console = None
+            try:
+                self._open_console()
+            except OSError as exc:
+                log.error("cannot open the console on its new address: %s", exc)
+
     def limits_changed(self, name: str) -> None:
         """Console or reload changed a job's limits; every turn applies limits, so log only."""
         job = self.jobs[name]
@@ -357,8 +367,8 @@ class Driver:
         processes = list(self.jobs.processes())
         busy = sum(1 for p in processes if self.scoreboard.read(p.slot).busy)
         text = f"{len(processes)} processes ({busy} busy) in {len(self.jobs)} jobs"
-        if self.observer is not None and self.observer.snapshot is not None:
-            snap = self.observer.snapshot
+        snap = self.autoscaler.snapshot if self.autoscaler is not None else None
+        if snap is not None:
             total = len(snap.servers_up) + len(snap.servers_down)
             text += f"; gearmand {len(snap.servers_up)}/{total} up"
             if snap.servers_down:
@@ -366,31 +376,5 @@ class Driver:
         return text
 
 
-def _import_callback(settings: Settings) -> UnknownJobCallback:
-    """Resolve `unknown_job_callback: "module:function"`; a bad one is a config error."""
-    spec = settings.unknown_job_callback or ""
-    module_name, _, attr = spec.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:
-        raise settings.error(("unknown_job_callback",),
-                             f"expected an importable 'module:function', got {spec!r} ({exc})"
-                             ) from exc
-    if not callable(function):
-        raise settings.error(("unknown_job_callback",), f"{spec} is not callable")
-    return function  # type: ignore[no-any-return]
-
-
 def _noop_handler(signum: int, frame: object) -> None:
     """The wakeup fd carries the signal; the loop handles it."""
-
-
-def _resolve_coder(worker: Worker, value: Any, default: str) -> Callable[[Any], Any] | None:
-    if value in (None, False):
-        return None
-    if callable(value):
-        return value
-    method = getattr(worker, default if value is True else str(value), None)
-    if not callable(method):
-        raise LoadError(f"{type(worker).__name__}: no method {value!r} to {default} with")
-    return method

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import pkgutil
 import sys
 import traceback
@@ -126,7 +127,7 @@ def _check_keys(where: str, attributes: Mapping[str, Any]) -> None:
                         f"(expected one of: {', '.join(ATTRIBUTE_KEYS)})")
 
 
-def _coder(worker: Worker, where: str, value: Any, default: str) -> Callable[[Any], Any] | None:
+def coder(worker: Worker, where: str, value: Any, default: str) -> Callable[[Any], Any] | None:
     if value in (None, False):
         return None
     name = default if value is True else value
@@ -190,8 +191,8 @@ def job_specs(worker: Worker) -> list[JobSpec]:
             MethodSpec(
                 function=prefix + name,
                 body=getattr(worker, name),
-                encode=_coder(worker, f"{path}.{name}", attrs.get("encode"), "encode"),
-                decode=_coder(worker, f"{path}.{name}", attrs.get("decode"), "decode"),
+                encode=coder(worker, f"{path}.{name}", attrs.get("encode"), "encode"),
+                decode=coder(worker, f"{path}.{name}", attrs.get("decode"), "decode"),
             )
             for name, attrs, _ in members
         )
@@ -256,3 +257,33 @@ def load_jobs(
             worker = build_worker(cls, server, options_for(class_path(cls)))
             specs.extend(job_specs(worker))
     return specs
+
+
+def import_callback(spec: str, error: Callable[[tuple[str, ...], str], Exception]
+                    ) -> Callable[..., Any]:
+    """Resolve `unknown_job_callback: "module:function"`; a bad one is a config error."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:
+        raise error(("unknown_job_callback",),
+                             f"expected an importable 'module:function', got {spec!r} ({exc})"
+                             ) from exc
+    if not callable(function):
+        raise error(("unknown_job_callback",), f"{spec} is not callable")
+    return function
+
+
+def module_stamps(namespaces: Sequence[str]) -> dict[str, tuple[str, float]]:
+    """File and mtime of every imported module below the namespaces (to notice code changes)."""
+    stamps = {}
+    for name, module in list(sys.modules.items()):
+        if not any(name == ns or name.startswith(ns + ".") for ns in namespaces):
+            continue
+        path = getattr(module, "__file__", None)
+        if path:
+            try:
+                stamps[name] = (path, os.stat(path).st_mtime)
+            except OSError:
+                continue
+    return stamps

@@ -1,11 +1,26 @@
-"""SIGHUP: re-read the config; apply what can change live, keep the old config if it is bad."""
+"""SIGHUP: re-read the config; apply what can change live, restart only what must.
+
+- invalid config: nothing changes; the error is logged and shown in STATUS until a good reload;
+- limits, interval, max_idle_time, job timeouts, logging: live, no process restarted;
+- worker_options of a class: new worker objects for that class, a rolling restart of its jobs;
+- server, or a job's max_jobs_per_process / worker_backend: a rolling restart of those jobs;
+- namespaces or lib, or worker code changed on disk: the master cannot re-import cleanly in
+  process, so it drains every process gracefully and re-executes itself (gunicorn's USR2
+  model; the pid stays, so systemd keeps tracking it).
+A rolling restart asks the old processes to finish the job in hand while new ones start at
+once with the new settings, so no job in hand is lost and gearmand keeps the queued ones.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import TYPE_CHECKING
 
-from gearman_driver.config import ConfigError, load_settings
+from gearman_driver.config import ConfigError, Settings, load_settings, options_for
+from gearman_driver.jobs import JobSpec, LoadError
+from gearman_driver.loader import apply_runtime_attributes, build_worker, job_specs
 from gearman_driver.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -13,31 +28,103 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gearman_driver.reload")
 
+CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend")
+
 
 def apply_reload(driver: Driver) -> bool:
-    """Limits, interval, max_idle_time and loglevel change live, with no process restarted."""
+    """Re-read and apply the config files; False (and nothing changed) when they are invalid."""
     old = driver.settings
     driver.notifier.reloading()
     try:
         new = load_settings(old.config_files, driver.cli_overrides)
-        for key in new.job_runtime_attributes:
-            if key not in driver.jobs:
-                raise new.error(("job_runtime_attributes", key), "names no job")
-    except ConfigError as exc:
+        if _needs_reexec(driver, old, new):
+            driver.request_reexec()
+            return True
+        new_specs = _rebuilt_specs(driver, old, new)
+    except (ConfigError, LoadError) as exc:
         log.error("reload failed: %s; running on the previous configuration", exc)
         driver.notifier.override = (f"reload failed: {exc}; "
                                     f"running on the previous configuration")
         driver.notifier.ready()
         return False
     driver.settings = new
-    for name in driver.jobs:
+    restart = {name for name, spec in new_specs.items()
+               if _restart_needed(driver.jobs[name].spec, spec, old, new)}
+    for name, spec in new_specs.items():
         job = driver.jobs[name]
-        attrs = new.job_runtime_attributes.get(name, {})
-        job.min_processes = attrs.get("min_processes", job.spec.min_processes)
-        job.max_processes = attrs.get("max_processes", job.spec.max_processes)
+        job.spec = spec
+        job.min_processes, job.max_processes = spec.min_processes, spec.max_processes
+        job.failed_starts, job.next_start_at = 0, 0.0
+    if restart:
+        driver.rolling_restart(sorted(restart))
     if (new.loglevel, new.logfile, new.loglayout) != (old.loglevel, old.logfile, old.loglayout):
         setup_logging(new.loglevel, new.logfile, new.loglayout)
+    driver.settings_changed(old)
     driver.notifier.override = None
-    log.info("configuration reloaded from %s", ", ".join(new.config_files) or "no file")
+    log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
+             f"; restarting {', '.join(sorted(restart))}" if restart else "")
     driver.notifier.ready()
     return True
+
+
+def _needs_reexec(driver: Driver, old: Settings, new: Settings) -> bool:
+    if (old.namespaces, old.lib) != (new.namespaces, new.lib):
+        log.info("namespaces or lib changed: re-executing the master")
+        return True
+    changed = driver.changed_modules()
+    if changed:
+        log.info("worker code changed (%s): re-executing the master", ", ".join(changed))
+        return True
+    return False
+
+
+def _rebuilt_specs(driver: Driver, old: Settings, new: Settings) -> dict[str, JobSpec]:
+    """Every loaded job's spec under the new settings (new worker objects where needed)."""
+    specs: list[JobSpec] = []
+    rebuilt: set[str] = set()
+    for path, current in driver.loaded_workers.items():
+        if old.server_string == new.server_string and \
+                options_for(old, path) == options_for(new, path):
+            specs.extend(job_specs(current))
+            continue
+        worker = build_worker(type(current), new.server_string, options_for(new, path))
+        specs.extend(job_specs(worker))
+        rebuilt.add(path)
+    known = {name for name in driver.jobs if driver.jobs[name].spec.class_path in
+             driver.loaded_workers}
+    names = {spec.name for spec in specs}
+    if names != known:
+        raise LoadError("the new worker_options change which jobs the classes define; "
+                        "restart gearman-driver to apply them")
+    specs = apply_runtime_attributes(specs, new.job_runtime_attributes, new.error)
+    result = {spec.name: spec for spec in specs}
+    for name in driver.jobs:  # jobs added with add_job keep their spec and limits
+        if name not in result:
+            result[name] = driver.jobs[name].spec
+    driver.loaded_workers.update({spec.class_path: spec.worker for spec in specs
+                                  if spec.class_path in rebuilt})
+    return result
+
+
+def _restart_needed(current: JobSpec, new: JobSpec, old: Settings, settings: Settings) -> bool:
+    if current.worker is not new.worker or old.server != settings.server:
+        return True
+    if any(getattr(current, a) != getattr(new, a) for a in CHILD_SIDE_ATTRIBUTES):
+        return True
+    return (old.worker_backend, old.max_jobs_per_process, old.max_jobs_jitter) != \
+        (settings.worker_backend, settings.max_jobs_per_process, settings.max_jobs_jitter)
+
+
+def reexec_argv(daemonized: bool) -> list[str]:
+    """The command line that started this master, to exec it again (in the foreground)."""
+    extra = ["--no-daemonize"] if daemonized else []
+    return [sys.executable, "-m", "gearman_driver.cli", *sys.argv[1:], *extra]
+
+
+def reexec(daemonized: bool) -> None:
+    """Replace this process with a fresh master (same pid); only after every child is gone."""
+    argv = reexec_argv(daemonized)
+    log.info("re-executing: %s", " ".join(argv))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, argv)

@@ -1,0 +1,142 @@
+"""Observe gearmand and scale every job: the master's 'observe → decide → start/stop' step.
+
+Each fresh snapshot of gearmand's queue is used once per job to scale up or down (as
+Gearman::Driver did once per interval); every other turn only the limits are applied, so a
+stale snapshot never starts or stops anything twice. When every process of a job is busy,
+the scoreboard says so at once and a poll is started right away instead of at the next
+interval: a burst is met in one round trip to gearmand.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import selectors
+import time
+from typing import TYPE_CHECKING
+
+from gearman_driver.config import Settings
+from gearman_driver.jobs import Job
+from gearman_driver.observer import Observer, Snapshot, driver_peers
+from gearman_driver.scaling import JobFigures, ProcessFigures, decide
+from gearman_driver.scoreboard import State
+
+if TYPE_CHECKING:
+    from gearman_driver.driver import Driver
+
+log = logging.getLogger("gearman_driver.autoscaler")
+
+SATURATION_POLL_GAP = 0.05
+
+
+class Autoscaler:
+    """Owns the observer and turns its snapshots and the scoreboard into starts and stops."""
+
+    def __init__(self, driver: Driver, selector: selectors.BaseSelector, *,
+                 freeze: bool = True) -> None:
+        self.driver = driver
+        self.selector = selector
+        self.freeze = freeze
+        self.observer: Observer | None = None
+        self._used: dict[str, float] = {}  # job name -> taken_at of the snapshot it acted on
+        self._next_poll = 0.0
+        self._last_saturation_poll = 0.0
+        self._warned_unknown: set[str] = set()
+        self.configure(driver.settings)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.observer.snapshot if self.observer is not None else None
+
+    def configure(self, settings: Settings) -> None:
+        """(Re)create the observer for these servers; interval 0 turns scaling off."""
+        self.close()
+        if settings.interval > 0:
+            self.observer = Observer(settings.server, self.selector,
+                                     timeout=max(1.0, min(5.0, settings.interval * 2)),
+                                     on_snapshot=self._on_snapshot)
+        self._next_poll = 0.0
+
+    def close(self) -> None:
+        if self.observer is not None:
+            self.observer.close()
+            self.observer = None
+
+    def close_in_child(self) -> None:
+        if self.observer is not None:
+            self.observer.close_in_child()
+
+    def tick(self, now: float, polling: bool) -> None:
+        """Time out a hung poll; start the next one when the interval has passed."""
+        if self.observer is None:
+            return
+        self.observer.tick(now)
+        if polling and now >= self._next_poll and self.observer.start_poll(now):
+            self._next_poll = now + self.driver.settings.interval
+
+    def manage(self, now: float) -> None:
+        """Bring every job within its limits, and scale it from a fresh snapshot once."""
+        driver = self.driver
+        assert driver.processes is not None
+        snapshot = self.snapshot
+        saturated = False
+        for job in driver.jobs.values():
+            waiting: int | None = None
+            drivers = 1
+            if snapshot is not None and snapshot.servers_up and \
+                    self._used.get(job.name) != snapshot.taken_at:
+                self._used[job.name] = snapshot.taken_at
+                waiting = snapshot.waiting(job.spec.functions)
+                drivers = len(driver_peers(snapshot, job.spec.functions) | {driver.driver_id})
+            figures = self._figures(job, waiting, drivers)
+            decision = decide(figures)
+            if decision.start and driver.processes.can_start(job, now):
+                reason = "scale up" if waiting else "min_processes"
+                if self.freeze:
+                    gc.freeze()  # what is shared now stays untouched by the children's gc
+                for _ in range(decision.start):
+                    driver.processes.start(job, reason)
+            for pid in decision.stop:
+                process = job.processes.get(pid)
+                if process is not None:
+                    driver.processes.stop(process, "idle" if waiting == 0 else "max_processes")
+            live = [p for p in figures.processes if not p.stopping]
+            if live and all(p.busy for p in live) and len(live) < job.max_processes:
+                saturated = True
+        if saturated and self.observer is not None and \
+                now - self._last_saturation_poll >= SATURATION_POLL_GAP:
+            if self.observer.start_poll(now):
+                self._last_saturation_poll = now
+
+    def _figures(self, job: Job, waiting: int | None, drivers: int) -> JobFigures:
+        scoreboard = self.driver.scoreboard
+        assert scoreboard is not None
+        wall = time.time()
+        processes = []
+        for process in job.processes.values():
+            view = scoreboard.read(process.slot)
+            since = view.last_job_end if view.last_job_end else view.started
+            processes.append(ProcessFigures(process.pid, view.state == State.BUSY,
+                                            max(0.0, wall - since), process.stopping))
+        return JobFigures(job.name, job.min_processes, job.max_processes, processes, waiting,
+                          drivers, self.driver.settings.max_idle_time)
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        """Functions with queued jobs that no job of ours serves: callback, or warn once."""
+        driver = self.driver
+        ours = {f for job in driver.jobs.values() for f in job.spec.functions}
+        for name, status in snapshot.functions.items():
+            if name in ours or status.total <= 0:
+                continue
+            info = {"name": name, "queue": status.total, "busy": status.running,
+                    "free": max(0, status.available_workers - status.running),
+                    "running": status.available_workers}
+            if driver.unknown_job_callback is not None:
+                try:
+                    driver.unknown_job_callback(driver, info)
+                except Exception:
+                    log.exception("unknown_job_callback failed for %s", name)
+            elif name not in self._warned_unknown:
+                self._warned_unknown.add(name)
+                log.warning("gearmand has %d jobs queued for %s, which no job of ours serves",
+                            status.total, name)
