@@ -23,13 +23,23 @@ def gearmand(tmp_path: Path) -> Iterator[int]:
 
 
 @pytest.fixture
-def driver_factory(tmp_path: Path) -> Iterator[Callable[..., DriverProcess]]:
+def worker_backend() -> str | None:
+    """The worker backend drivers use; None keeps the configured default. Test modules that
+    must hold for every backend override this fixture with params."""
+    return None
+
+
+@pytest.fixture
+def driver_factory(tmp_path: Path, worker_backend: str | None
+                   ) -> Iterator[Callable[..., DriverProcess]]:
     """Start `gearman-driver` daemons; every one is stopped at teardown."""
     started: list[DriverProcess] = []
 
     def make(port: int | list[int], config: dict[str, Any], *args: str,
-             name: str = "driver") -> DriverProcess:
-        driver = DriverProcess(tmp_path, port, config, *args, name=name).start()
+             name: str = "driver", env: dict[str, str] | None = None) -> DriverProcess:
+        if worker_backend is not None:
+            config = {"worker_backend": worker_backend, **config}
+        driver = DriverProcess(tmp_path, port, config, *args, name=name, env=env).start()
         started.append(driver)
         return driver
 

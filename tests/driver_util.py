@@ -37,7 +37,7 @@ class DriverProcess:
     """One `gearman-driver` under test: its config, its log, its pid."""
 
     def __init__(self, tmp_path: Path, gearmand_port: int | list[int], config: dict[str, Any],
-                 *args: str, name: str = "driver") -> None:
+                 *args: str, name: str = "driver", env: dict[str, str] | None = None) -> None:
         ports = gearmand_port if isinstance(gearmand_port, list) else [gearmand_port]
         self.port = ports[0]
         self.tmp_path = tmp_path
@@ -54,6 +54,7 @@ class DriverProcess:
         self.config_path.write_text(json.dumps(base))
         self.log_path = tmp_path / f"{name}.log"
         self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -63,13 +64,20 @@ class DriverProcess:
     def start(self) -> DriverProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=str(self.tmp_path))
+                                     stderr=subprocess.STDOUT, cwd=str(self.tmp_path),
+                                     env=self.env)
         return self
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def rewrite_config(self, config: dict[str, Any]) -> None:
+        """Change the config file (keeping the test's base keys), e.g. before a SIGHUP."""
+        current = json.loads(self.config_path.read_text())
+        current.update(config)
+        self.config_path.write_text(json.dumps(current))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

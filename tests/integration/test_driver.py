@@ -9,10 +9,18 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.driver_util import alive, children_of, run_cli
 from tests.gearmand_util import TestClient, admin, start_gearmand, stop_gearmand, wait_for
 
 BASIC = {"namespaces": ["tw.basic"]}
+
+
+@pytest.fixture(params=["native", "pygearman"])
+def worker_backend(request: pytest.FixtureRequest) -> str:
+    """Everything the foundation promises holds for both worker backends."""
+    return str(request.param)
 
 
 def pid_of(driver, function: str) -> int:

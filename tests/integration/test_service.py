@@ -1,0 +1,241 @@
+"""The daemon as a systemd service: sd_notify, SIGHUP reload, SIGUSR1, daemon mode, journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.driver_util import alive, run_cli
+from tests.gearmand_util import TestClient, wait_for
+
+PAIR = {"namespaces": ["tw.pair"], "interval": 1}
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+
+    def keys(self) -> list[str]:
+        """The sequence of state messages (READY/RELOADING/STOPPING), in order."""
+        order = []
+        for message in self.drain():
+            for key in ("READY", "RELOADING", "STOPPING"):
+                if key in message:
+                    order.append(key)
+        return order
+
+    def statuses(self) -> list[str]:
+        return [m["STATUS"] for m in self.drain() if "STATUS" in m]
+
+    def wait_keys(self, expected: list[str], timeout: float = 15) -> bool:
+        return wait_for(lambda: self.keys()[:len(expected)] == expected, timeout)
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    try:
+        yield sock
+    finally:
+        sock.sock.close()
+
+
+def pids_by_job(driver: Any) -> dict[str, set[int]]:
+    result: dict[str, set[int]] = {}
+    for client_id, _ in driver.workers():
+        _, pid, _, job_name = client_id.split(":", 3)
+        result.setdefault(job_name, set()).add(int(pid))
+    return result
+
+
+def test_notify_sequence_status_and_watchdog(gearmand, driver_factory, notify) -> None:
+    driver = driver_factory(gearmand, PAIR, env={"NOTIFY_SOCKET": str(notify.path),
+                                                 "WATCHDOG_USEC": "400000"})
+    assert notify.wait_keys(["READY"])
+    # READY only once the min processes are registered with gearmand
+    assert driver.registered("alpha.opts") == 2 and driver.registered("beta.opts") == 1
+    driver.signal(signal.SIGHUP)
+    assert notify.wait_keys(["READY", "RELOADING", "READY"])
+    reloading = next(m for m in notify.messages if "RELOADING" in m)
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    assert wait_for(lambda: any("4 processes (0 busy) in 3 jobs" in s
+                                for s in notify.statuses()), 5)
+    assert wait_for(lambda: sum("WATCHDOG" in m for m in notify.drain()) >= 3, 5)
+    driver.signal(signal.SIGTERM)
+    assert driver.wait_exit(15) == 0
+    assert notify.keys() == ["READY", "RELOADING", "READY", "STOPPING"]
+
+
+def test_reload_changes_limits_live_without_restarting_anything(gearmand, driver_factory,
+                                                                 notify) -> None:
+    driver = driver_factory(gearmand, PAIR, env={"NOTIFY_SOCKET": str(notify.path)})
+    assert notify.wait_keys(["READY"])
+    before = pids_by_job(driver)
+    driver.rewrite_config({"job_runtime_attributes": {
+        "alpha.work": {"min_processes": 3, "max_processes": 5},
+        "alpha.opts": {"min_processes": 1, "max_processes": 6}}})
+    driver.signal(signal.SIGHUP)
+    assert driver.wait_registered("alpha.work", 3)
+    assert driver.wait_registered("alpha.opts", 1)
+    after = pids_by_job(driver)
+    assert before["alpha.work"] < after["alpha.work"]  # the old one kept, two added
+    assert after["alpha.opts"] < before["alpha.opts"]  # one stopped, the other kept
+    assert after["beta.opts"] == before["beta.opts"]
+
+
+def test_reload_with_broken_config_keeps_the_old_one_and_says_so(gearmand, driver_factory,
+                                                                  notify) -> None:
+    driver = driver_factory(gearmand, PAIR, env={"NOTIFY_SOCKET": str(notify.path)})
+    assert notify.wait_keys(["READY"])
+    before = pids_by_job(driver)
+    driver.config_path.write_text("interval: [1\n")
+    driver.signal(signal.SIGHUP)
+    assert notify.wait_keys(["READY", "RELOADING", "READY"])
+    assert wait_for(lambda: any(s.startswith(f"reload failed: {driver.config_path}:")
+                                and "running on the previous configuration" in s
+                                for s in notify.statuses()), 5)
+    assert "reload failed" in driver.log()
+    assert pids_by_job(driver) == before
+    with TestClient(gearmand) as client:
+        assert client.submit("alpha.work", b"").final == "complete"
+    driver.config_path.write_text(json.dumps(_base_for(gearmand)))  # fixed: the next reload
+    driver.signal(signal.SIGHUP)                                     # clears the message
+    assert wait_for(lambda: notify.statuses()[-1:] and
+                    not notify.statuses()[-1].startswith("reload failed"), 5)
+
+
+def test_reload_with_new_worker_options_replaces_only_that_class(gearmand, driver_factory,
+                                                                  notify) -> None:
+    driver = driver_factory(gearmand, {**PAIR, "worker_options": {"GLOBAL": {"v": 1}}},
+                            env={"NOTIFY_SOCKET": str(notify.path)})
+    assert notify.wait_keys(["READY"])
+    before = pids_by_job(driver)
+    driver.rewrite_config({"worker_options": {"GLOBAL": {"v": 1},
+                                              "tw.pair.workers.Alpha": {"v": 2}}})
+    driver.signal(signal.SIGHUP)
+
+    def replaced() -> bool:
+        now = pids_by_job(driver)
+        return all(now.get(job, set()).isdisjoint(before[job]) and
+                   len(now[job]) == len(before[job]) for job in ("alpha.opts", "alpha.work"))
+
+    assert wait_for(replaced, 15)
+    after = pids_by_job(driver)
+    assert after["beta.opts"] == before["beta.opts"]
+    with TestClient(gearmand) as client:
+        alpha = json.loads(client.submit("alpha.opts", b"").result)
+        beta = json.loads(client.submit("beta.opts", b"").result)
+    assert alpha["options"] == {"v": 2} and alpha["pid"] in after["alpha.opts"]
+    assert beta["options"] == {"v": 1}
+
+
+def test_fifty_reloads_during_steady_load_lose_no_job(gearmand, driver_factory) -> None:
+    driver = driver_factory(gearmand, PAIR)
+    assert driver.wait_registered("alpha.work", 1)
+    results: list[tuple[bytes, str, bytes]] = []
+    done = threading.Event()
+
+    def load(worker: int) -> None:
+        with TestClient(gearmand, timeout=60) as client:
+            i = 0
+            while not done.is_set():
+                payload = f"0:{worker}-{i}".encode()
+                outcome = client.submit("alpha.work", payload)
+                results.append((payload, outcome.final, outcome.result))
+                i += 1
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for n in range(50):
+            limits = {"min_processes": 1 + n % 3, "max_processes": 4}
+            driver.rewrite_config({"job_runtime_attributes": {"alpha.work": limits}})
+            driver.signal(signal.SIGHUP)
+            time.sleep(0.05)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(30)
+    assert len(results) > 100
+    assert all(final == "complete" and result == payload for payload, final, result in results)
+    assert driver.log().count("configuration reloaded") >= 20
+    assert driver.proc is not None and driver.proc.poll() is None
+
+
+def test_sigusr1_reopens_the_log_file(gearmand, driver_factory, tmp_path: Path) -> None:
+    logfile = tmp_path / "gd.log"
+    driver = driver_factory(gearmand, {**PAIR, "logfile": str(logfile)})
+    assert driver.wait_registered("beta.opts", 1)
+    rotated = tmp_path / "gd.log.1"
+    logfile.rename(rotated)
+    driver.signal(signal.SIGUSR1)
+    assert wait_for(lambda: logfile.exists() and "log file reopened" in logfile.read_text(), 5)
+    assert "started process" in rotated.read_text()
+
+
+def test_journal_lines_carry_syslog_priorities(gearmand, driver_factory,
+                                               tmp_path: Path) -> None:
+    log_path = tmp_path / "journal.log"
+    log_path.touch()  # stderr will be this file: tell the driver it is "the journal"
+    info = os.stat(log_path)
+    driver = driver_factory(gearmand, {**PAIR, "interval": 0}, name="journal",
+                            env={"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
+    assert driver.wait_registered("beta.opts", 1)
+    with TestClient(gearmand) as client:
+        client.submit("alpha.work", b"not-a-number")  # fails: an ERROR with a traceback
+    assert wait_for(lambda: "ValueError" in driver.log(), 5)
+    lines = [line for line in driver.log().splitlines() if line]
+    assert lines and all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines[:5]
+    assert any(line.startswith("<6>INFO started process") for line in lines)
+    assert any(line.startswith("<3>") and "Traceback" in line for line in lines)
+    assert not any(line[3:4] == "[" for line in lines)  # no second time stamp
+
+
+def test_daemonize_with_a_locked_pidfile(gearmand, tmp_path: Path) -> None:
+    pidfile = tmp_path / "gd.pid"
+    config = tmp_path / "d.yml"
+    config.write_text(json.dumps({**_base_for(gearmand), "logfile": str(tmp_path / "d.log")}))
+    first = run_cli("--configfile", str(config), "--daemonize", "--pidfile", str(pidfile))
+    assert first.returncode == 0, first.stderr
+    assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), 10)
+    pid = int(pidfile.read_text())
+    try:
+        assert alive(pid)
+        second = run_cli("--configfile", str(config), "--daemonize", "--pidfile", str(pidfile))
+        assert second.returncode == 75
+        assert second.stderr.strip() == (f"gearman-driver: {pidfile}: another gearman-driver "
+                                         f"is running (pid {pid})")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not alive(pid), 15)
+    assert not pidfile.exists()
+
+
+def _base_for(port: int) -> dict[str, Any]:
+    return {"server": f"127.0.0.1:{port}", "console_port": 0, "interval": 1,
+            "namespaces": ["tw.pair"], "lib": [str(Path(__file__).parent.parent / "fixtures")]}
