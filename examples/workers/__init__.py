@@ -1,1 +1,1 @@
-"""Example workers: every module below this package is loaded by `namespaces: [examples.workers]`."""
+"""Example workers: `namespaces: [examples.workers]` loads every module below this package."""
