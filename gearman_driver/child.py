@@ -56,7 +56,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     body, encode, decode, function = method.body, method.encode, method.decode, method.function
 
     def run(job: GearmanJob) -> JobResult:
-        writer.job_started()
+        writer.job_started(job.handle)
         error: str | None = None
         try:
             workload = decode(job.workload) if decode else job.workload

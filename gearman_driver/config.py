@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "daemonize": False,
     "pidfile": None,
     "unknown_job_callback": None,
-    "worker_backend": "pygearman",
+    "worker_backend": "native",
     "max_jobs_per_process": 0,
     "max_jobs_jitter": 0,
     "worker_options": {},

@@ -141,8 +141,9 @@ class ProcessManager:
             if timeout and not process.kill_at:
                 view = self.scoreboard.read(process.slot)
                 if view.busy and wall - view.job_started > timeout:
-                    log.error("job of %s ran %.1fs, over its timeout of %gs: killing process %d",
-                              job.name, wall - view.job_started, timeout, process.pid)
+                    log.error("job %s of %s ran %.1fs, over its timeout of %gs: killing "
+                              "process %d", view.handle or "?", job.name,
+                              wall - view.job_started, timeout, process.pid)
                     self.kill(process, "job timeout")
 
     # -- reap ------------------------------------------------------------------------------

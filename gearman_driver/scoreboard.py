@@ -23,9 +23,10 @@ class State(IntEnum):
 
 
 ERROR_BYTES = 200
+HANDLE_BYTES = 64
 # seq, pid, state, registered, jobs_done, started, job_started, last_end, last_end_mono,
-# last_error, error length, error text
-_LAYOUT = struct.Struct(f"<IiBxHQdddddH{ERROR_BYTES}s")
+# last_error, error length, error text, handle length, handle of the job in hand
+_LAYOUT = struct.Struct(f"<IiBxHQdddddH{ERROR_BYTES}sH{HANDLE_BYTES}s")
 _HEAD = struct.Struct("<I")
 _STATE_OFFSET = 8  # seq (4) + pid (4)
 _SLOT_SIZE = (_LAYOUT.size + 63) // 64 * 64
@@ -45,6 +46,7 @@ class SlotView:
     last_job_end_mono: float
     last_error: float
     last_error_msg: str
+    handle: str = ""  # of the job in hand (or the last one)
 
     @property
     def busy(self) -> bool:
@@ -64,7 +66,7 @@ class Scoreboard:
         """Reserve a free slot for a process about to be forked; IndexError when full."""
         slot = self._free.pop()
         self._write(slot, pid_placeholder, State.STARTING, 0, 0, time.time(),
-                    0.0, 0.0, 0.0, 0.0, b"")
+                    0.0, 0.0, 0.0, 0.0, b"", b"")
         return slot
 
     def set_pid(self, slot: int, pid: int) -> None:
@@ -72,12 +74,12 @@ class Scoreboard:
         self._write(
             slot, pid, view.state, view.registered, view.jobs_done, view.started,
             view.job_started, view.last_job_end, view.last_job_end_mono, view.last_error,
-            view.last_error_msg.encode(),
+            view.last_error_msg.encode(), view.handle.encode(),
         )
 
     def release(self, slot: int) -> None:
         """Give a slot back once its process has been reaped."""
-        self._write(slot, 0, State.FREE, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"")
+        self._write(slot, 0, State.FREE, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"")
         self._free.append(slot)
 
     def read(self, slot: int) -> SlotView:
@@ -87,10 +89,11 @@ class Scoreboard:
             if values[0] % 2 == 0 and _HEAD.unpack_from(self._mem, offset)[0] == values[0]:
                 break
         (_, pid, state, registered, jobs_done, started, job_started, last_end, last_end_mono,
-         last_error, length, text) = values
+         last_error, length, text, handle_length, handle) = values
         return SlotView(
             pid, State(state), registered, jobs_done, started, job_started, last_end,
             last_end_mono, last_error, text[:length].decode("utf-8", "replace"),
+            handle[:handle_length].decode("ascii", "replace"),
         )
 
     # -- child side ---------------------------------------------------------------------------
@@ -100,15 +103,16 @@ class Scoreboard:
     def _write(
         self, slot: int, pid: int, state: int, registered: int, jobs_done: int, started: float,
         job_started: float, last_end: float, last_end_mono: float, last_error: float,
-        error: bytes,
+        error: bytes, handle: bytes,
     ) -> None:
         offset = slot * _SLOT_SIZE
         seq = _HEAD.unpack_from(self._mem, offset)[0]
         _HEAD.pack_into(self._mem, offset, seq + 1)
         error = error[:ERROR_BYTES]
+        handle = handle[:HANDLE_BYTES]
         _LAYOUT.pack_into(
             self._mem, offset, seq + 1, pid, state, registered, jobs_done, started, job_started,
-            last_end, last_end_mono, last_error, len(error), error,
+            last_end, last_end_mono, last_error, len(error), error, len(handle), handle,
         )
         _HEAD.pack_into(self._mem, offset, seq + 2)
 
@@ -129,11 +133,13 @@ class SlotWriter:
         self.last_end_mono = 0.0
         self.last_error = 0.0
         self.error = b""
+        self.handle = b""
 
     def _flush(self, state: State) -> None:
         self._board._write(
             self.slot, self.pid, state, self.registered, self.jobs_done, self.started,
             self.busy_since, self.last_end, self.last_end_mono, self.last_error, self.error,
+            self.handle,
         )
 
     def ready(self, pid: int) -> None:
@@ -144,8 +150,9 @@ class SlotWriter:
         self.registered = count
         self._flush(State.IDLE)
 
-    def job_started(self) -> None:
+    def job_started(self, handle: bytes = b"") -> None:
         self.busy_since = time.time()
+        self.handle = handle
         self._flush(State.BUSY)
 
     def job_finished(self, error: str | None = None) -> None:

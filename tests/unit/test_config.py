@@ -55,7 +55,7 @@ def test_no_files_gives_the_defaults() -> None:
     assert (s.interval, s.max_idle_time, s.graceful_timeout) == (5, 0, 30)
     assert (s.logfile, s.loglevel, s.loglayout) == (None, "INFO", "[%d] %p %m%n")
     assert (s.daemonize, s.pidfile, s.unknown_job_callback) == (False, None, None)
-    assert (s.worker_backend, s.max_jobs_per_process, s.max_jobs_jitter) == ("pygearman", 0, 0)
+    assert (s.worker_backend, s.max_jobs_per_process, s.max_jobs_jitter) == ("native", 0, 0)
     assert s.worker_options == {} and s.job_runtime_attributes == {}
     assert s.config_files == ()
     assert s.locate("interval") == "defaults"

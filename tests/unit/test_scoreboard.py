@@ -1,0 +1,41 @@
+"""The scoreboard: what a child writes is what the master reads, across a fork."""
+
+from __future__ import annotations
+
+import os
+
+from gearman_driver.scoreboard import ERROR_BYTES, Scoreboard, State
+
+
+def test_child_writes_are_seen_by_the_master_after_fork() -> None:
+    board = Scoreboard(4)
+    slot = board.allocate()
+    assert board.read(slot).state == State.STARTING
+    pid = os.fork()
+    if pid == 0:
+        writer = board.child_writer(slot)
+        writer.ready(os.getpid())
+        writer.set_registered(2)
+        writer.job_started(b"H:host:7")
+        writer.job_finished("ValueError: bad\nworkload")
+        writer.job_started(b"H:host:8")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    view = board.read(slot)
+    assert (view.pid, view.state, view.registered, view.jobs_done) == (pid, State.BUSY, 2, 1)
+    assert view.handle == "H:host:8"
+    assert view.last_error_msg == "ValueError: bad workload"  # newlines folded
+    assert view.last_job_end > 0 and view.busy
+
+
+def test_slots_are_reused_and_long_errors_truncated() -> None:
+    board = Scoreboard(2)
+    first, second = board.allocate(), board.allocate()
+    writer = board.child_writer(first)
+    writer.ready(10)
+    writer.job_finished("x" * 1000)
+    assert len(board.read(first).last_error_msg) == ERROR_BYTES
+    board.release(first)
+    assert board.read(first).state == State.FREE
+    assert board.allocate() == first
+    assert second != first
