@@ -136,6 +136,17 @@ class Session:
             raise _NoReply(f"cannot reach {self.target.label}: {_reason(exc)}") from exc
 
 
+def query(address: str, command: str, timeout: float = TIMEOUT) -> list[str]:
+    """One command to the console at ``host:port``; its reply lines without the final ``.``.
+
+    For scripts and checks: raises Unreachable when the console cannot be reached."""
+    session = Session(parse_server(address), timeout)
+    try:
+        return session.request(command)
+    finally:
+        session.close()
+
+
 class _NoReply(Unreachable):
     """Failed before any reply line arrived, so sending again cannot double a command."""
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import gearman
 
+from gearman_driver.console_client import query
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "etc" / "gearman-driver" / "config.yml"
 TEXT = "examples.workers.text.Text."
@@ -24,8 +26,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def talk(port: int, command: str) -> list[str]:
-    """One command on a line protocol that ends its reply with '.' (gearmand admin, console)."""
+def gearmand_admin(port: int, command: str) -> list[str]:
+    """One command on gearmand's text admin protocol (its reply ends with a '.' line)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(command.encode() + b"\n")
         data = b""
@@ -46,7 +48,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
 
 
 def processes_per_job(console: int) -> str:
-    lines = talk(console, "status")
+    lines = query(f"127.0.0.1:{console}", "status")
     return "\n".join("    " + line for line in lines)
 
 
@@ -95,7 +97,8 @@ def main() -> int:
         peak = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            status = {line.split("\t")[0]: line.split("\t") for line in talk(port, "status")}
+            status = {line.split("\t")[0]: line.split("\t")
+                      for line in gearmand_admin(port, "status")}
             row = status.get(TEXT + "word_count")
             workers = int(row[3]) if row else 0
             peak = max(peak, workers)
@@ -132,7 +135,7 @@ def _answers(port: int) -> bool:
 
 def _registered(port: int, function: str) -> bool:
     return any(line.split("\t")[0] == function and int(line.split("\t")[3]) > 0
-               for line in talk(port, "status") if line.count("\t") == 3)
+               for line in gearmand_admin(port, "status") if line.count("\t") == 3)
 
 
 if __name__ == "__main__":

@@ -10,23 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from gearman_driver.console_client import query
 from tests.gearmand_util import TestClient, free_port, wait_for
 
 PAIR = {"namespaces": ["tw.pair"], "interval": 1}
 
 
 def ask(port: int, command: str) -> list[str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(command.encode() + b"\n")
-        data = b""
-        while not (data == b".\n" or data.endswith(b"\n.\n")):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    lines = data.decode().splitlines()
-    assert lines and lines[-1] == "."
-    return lines[:-1]
+    return query(f"127.0.0.1:{port}", command, timeout=5)
 
 
 def console_cli(*args: str) -> subprocess.CompletedProcess[str]:
