@@ -91,6 +91,10 @@ class WorkerBackend(abc.ABC):
         self.functions = dict(functions)
         self.hooks = hooks
         self.max_backoff = max_backoff
+        # gearmand speaks bytes: look runners up by the function name as it arrives
+        self.runners: dict[bytes, tuple[str, JobRunner]] = {
+            name.encode(): (name, runner) for name, runner in self.functions.items()
+        }
 
     @abc.abstractmethod
     def run(self) -> None:

@@ -84,12 +84,9 @@ class NativeBackend(WorkerBackend):
         self.max_packet = DEFAULT_MAX_PACKET
         self.write_timeout = 60.0  # a server that reads nothing for this long is dead
         self.stop_grace = 2.0  # how long a stop waits for the answer to an outstanding grab
-        self._runners: dict[bytes, tuple[str, JobRunner]] = {
-            name.encode(): (name, runner) for name, runner in self.functions.items()
-        }
         hello = [encode_request(Cmd.SET_CLIENT_ID, client_id.encode())] if client_id else []
         hello.append(encode_request(Cmd.RESET_ABILITIES))
-        hello.extend(encode_request(Cmd.CAN_DO, name) for name in self._runners)
+        hello.extend(encode_request(Cmd.CAN_DO, name) for name in self.runners)
         self._hello = b"".join(hello)
         self._echo_seq = 0
         self._conns: list[ServerConnection] = []
@@ -193,7 +190,7 @@ class NativeBackend(WorkerBackend):
             if conn.state == REGISTERING and args[0] == conn.token:
                 conn.state = READY
                 conn.registered()
-                log.info("registered %d functions with %s", len(self._runners), conn.label)
+                log.info("registered %d functions with %s", len(self.runners), conn.label)
                 self.hooks.on_registered(conn.server)
                 self._enqueue(conn)
                 self._grab_next()
@@ -212,7 +209,7 @@ class NativeBackend(WorkerBackend):
         if self._grabbing is conn:
             self._grabbing = None
         conn.state = READY
-        entry = self._runners.get(function)
+        entry = self.runners.get(function)
         if entry is None:
             log.error("%s assigned unregistered function %r; failing it", conn.label, function)
             result = JobResult("fail")

@@ -17,7 +17,7 @@ from gearman.errors import ServerUnavailable
 from gearman.protocol import GEARMAN_COMMAND_ECHO_REQ
 from gearman.worker_handler import GearmanWorkerCommandHandler
 
-from gearman_driver.backends.base import GearmanJob, JobResult, JobRunner, Server, WorkerBackend
+from gearman_driver.backends.base import GearmanJob, JobResult, Server, WorkerBackend
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +96,14 @@ class PygearmanBackend(WorkerBackend):
 
     name = "pygearman"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._runners: dict[bytes, tuple[str, JobRunner]] = {
-            name.encode(): (name, runner) for name, runner in self.functions.items()
-        }
-
     def run_job(self, worker: _Worker, raw: Any) -> JobResult:
-        name, runner = self._runners[raw.task]
+        name, runner = self.runners[raw.task]
         return runner(_Job(worker, raw, name))
 
     def _make_worker(self) -> _Worker:
         worker = _Worker(self, [f"{host}:{port}" for host, port in self.servers])
         worker.set_client_id(self.client_id.encode())
-        for name in self._runners:
+        for name in self.runners:
             worker.register_task(name, None)  # dispatch happens in on_job_execute
         return worker
 
