@@ -1,0 +1,36 @@
+"""The README's configuration reference is checked against the schema and the defaults."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gearman_driver.config import DEFAULTS, schema
+
+README = Path(__file__).parent.parent.parent / "README.md"
+
+
+def reference_rows() -> dict[str, list[str]]:
+    """Rows of the README's key table: key -> [type, default, meaning]."""
+    rows = {}
+    for line in README.read_text().splitlines():
+        match = re.match(r"\| `([a-z_]+)` \| (.+?) \| (.+?) \| (.*) \|$", line)
+        if match:
+            rows[match.group(1)] = [match.group(2), match.group(3), match.group(4)]
+    return rows
+
+
+def test_every_schema_key_is_documented_and_nothing_else() -> None:
+    keys = set(schema()["properties"])
+    assert set(reference_rows()) == keys
+    assert set(DEFAULTS) == keys
+
+
+def test_documented_defaults_match_the_code() -> None:
+    rows = reference_rows()
+    for key, value in DEFAULTS.items():
+        documented = rows[key][1]
+        if value is None or value in ([], {}):
+            continue  # shown in words ("none", "stderr", "`[]`")
+        shown = f"`{str(value).lower() if isinstance(value, bool) else value}`"
+        assert documented.startswith(shown), f"{key}: README says {documented}, code {value!r}"
