@@ -143,6 +143,10 @@ class Driver:
         log.info("gearman-driver %s started (pid %d): %d jobs, servers %s, config %s",
                  __version__, os.getpid(), len(self.jobs), self.settings.server_string,
                  ", ".join(self.settings.config_files) or "none")
+        for job in self.get_jobs():
+            log.info("job %s: %s, min %d, max %d, %s", job.name, ", ".join(job.spec.functions),
+                     job.min_processes, job.max_processes,
+                     job.spec.worker_backend or self.settings.worker_backend)
         try:
             while True:
                 self._turn()
