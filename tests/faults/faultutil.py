@@ -88,7 +88,7 @@ def record_figures(scenario: str, *, sent: int, completed: int, failed: int, los
     if not path:
         return
     row = {"scenario": scenario, "sent": sent, "completed": completed, "failed": failed,
-           "lost": lost, "recover_s": None if recover_s is None else round(recover_s, 2),
+           "lost": lost, "recover_s": None if recover_s is None else round(recover_s, 3),
            "peak_rss_mb": None if peak_rss_kb is None else round(peak_rss_kb / 1024, 1),
            "notes": notes, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     with open(path, "a") as out:

@@ -201,6 +201,24 @@ def test_the_valid_base_config_loads(workdir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_every_listed_wrong_value_is_refused_in_one_line(workdir: Path) -> None:
+    """Every (key, bad value) pair of BAD, exhaustively (hypothesis samples them below too)."""
+    wrong = []
+    for key, values in BAD.items():
+        for value in values:
+            doc = dict(VALID)
+            doc[key] = value
+            path = write(workdir, render(doc))
+            message = check_in_process(path)
+            if message is None or "\n" in message or not re.match(
+                    re.escape(str(path)) + ":" + LOCATION, message):
+                wrong.append((key, value, message))
+            SEEN["wrong value (every listed pair)"] = \
+                SEEN.get("wrong value (every listed pair)", 0) + 1
+    assert not wrong, wrong
+
+
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=invalid_docs)
@@ -211,6 +229,7 @@ def test_invalid_configs_are_refused_in_one_line(workdir: Path, case: tuple[str,
     assert message is not None, f"{kind}: accepted:\n{content!r}"
     assert "\n" not in message and "Traceback" not in message, message
     assert re.match(re.escape(str(path)) + ":" + LOCATION, message), message
+    kind = "wrong value (sampled)" if kind.startswith("wrong value") else kind
     SEEN[kind] = SEEN.get(kind, 0) + 1
 
 

@@ -22,11 +22,18 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
-def _quiet(action: object) -> None:
+def _send(sock: socket.socket, data: bytes) -> None:
     try:
-        action()  # type: ignore[operator]
+        sock.sendall(data)
     except OSError:
         pass  # the server may close on us mid-send: that is its right
+
+
+def _recv(sock: socket.socket) -> None:
+    try:
+        sock.recv(65536)
+    except OSError:
+        pass
 
 
 def abuse(port: int, stop: threading.Event, seed: int, counts: dict[str, int]) -> None:
@@ -40,14 +47,14 @@ def abuse(port: int, stop: threading.Event, seed: int, counts: dict[str, int]) -
         try:
             if kind == "random":  # random bytes, newlines included, then hang up
                 with _connect(port) as s:
-                    _quiet(lambda: s.sendall(rng.randbytes(rng.randint(1, 65536))))
+                    _send(s, rng.randbytes(rng.randint(1, 65536)))
             elif kind == "huge":  # a 1 MB line: refused, connection closed
                 with _connect(port) as s:
-                    _quiet(lambda: s.sendall(b"x" * (1 << 20)))
-                    _quiet(lambda: s.recv(4096))
+                    _send(s, b"x" * (1 << 20))
+                    _recv(s)
             elif kind == "unread":  # thousands of commands, replies never read
                 with _connect(port) as s:
-                    _quiet(lambda: s.sendall(b"status\nhelp\n" * 5000))
+                    _send(s, b"status\nhelp\n" * 5000)
                     time.sleep(0.3)
             elif kind == "crowd":  # more connections than the limit, held a moment
                 socks = []
@@ -63,11 +70,11 @@ def abuse(port: int, stop: threading.Event, seed: int, counts: dict[str, int]) -
                 with _connect(port) as s:
                     junk = b"\n".join(rng.randbytes(rng.randint(0, 300)).replace(b"\n", b"")
                                       for _ in range(20))
-                    _quiet(lambda: s.sendall(junk + b"\nstatus\n\x00\xff\r\nshow\n"))
-                    _quiet(lambda: s.recv(65536))
+                    _send(s, junk + b"\nstatus\n\x00\xff\r\nshow\n")
+                    _recv(s)
             else:  # half a line, then silence, then gone
                 with _connect(port) as s:
-                    _quiet(lambda: s.sendall(b"sta"))
+                    _send(s, b"sta")
                     time.sleep(0.2)
         except OSError:
             counts["refused"] = counts.get("refused", 0) + 1

@@ -94,12 +94,14 @@ def test_frozen_gearmand_does_not_freeze_the_master(gearmand, driver_factory) ->
     grown = time.monotonic() - burst_at
     assert wait_for(lambda: gearmand_status_done(gearmand), 30)
     peak = peak_rss_kb(driver.pid)
+    slowest_ms = max(answered) * 1000
+    replaced_ms = (replaced_after or 0.0) * 1000
     record_figures("gearmand frozen (SIGSTOP 10 s)", sent=16, completed=16, failed=0, lost=0,
                    recover_s=registered_again, peak_rss_kb=peak,
                    notes=f"{len(answered)}/{polls_in_freeze} console polls answered during the "
-                         f"freeze (slowest {max(answered) * 1000:.0f} ms); killed child replaced "
-                         f"in {replaced_after * 1000:.0f} ms while gearmand was stopped; after SIGCONT "
-                         f"workers registered in {registered_again * 1000:.0f} ms, burst grew 1 -> 4+ "
+                         f"freeze (slowest {slowest_ms:.0f} ms); killed child replaced in "
+                         f"{replaced_ms:.0f} ms while gearmand was stopped; after SIGCONT workers "
+                         f"registered in {registered_again * 1000:.0f} ms, burst grew 1 -> 4+ "
                          f"processes in {grown:.2f}s",
                    console_max_ms=round(max(answered) * 1000))
 

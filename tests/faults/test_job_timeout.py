@@ -36,7 +36,8 @@ def run_hang(gearmand: int, driver_factory: Any, tmp_path: Path) -> dict[str, An
     hang_pid = None
 
     # other jobs flow meanwhile (through the other process), and we watch for the replacement
-    flowed, wrong = 0, []
+    flowed = 0
+    wrong: list[JobOutcome] = []
     replaced_at: float | None = None
     with TestClient(gearmand, timeout=30) as client:
         deadline = time.monotonic() + 15
@@ -74,7 +75,8 @@ def test_hung_job_process_is_replaced_after_its_timeout(gearmand, driver_factory
     line = next((x for x in log.splitlines() if "over its timeout" in x), "")
     peak = peak_rss_kb(driver.pid)
     hung = r["hung"]
-    record_figures("job timeout (hangs forever, timeout: 2)", sent=1 + r["flowed"] + len(r["wrong"]),
+    record_figures("job timeout (hangs forever, timeout: 2)",
+                   sent=1 + r["flowed"] + len(r["wrong"]),
                    completed=r["flowed"] + sum(1 for o in hung if o.final == "complete"),
                    failed=len(r["wrong"]), lost=1 - len(hung), recover_s=took,
                    peak_rss_kb=peak,
@@ -96,7 +98,7 @@ def test_hung_job_process_is_replaced_after_its_timeout(gearmand, driver_factory
 @pytest.mark.slow
 def test_timeout_log_line_names_the_job_handle(gearmand, driver_factory,
                                                tmp_path: Path) -> None:
-    """BUG: processes.py enforce_deadlines logs job, duration and pid, but not the handle."""
+    """Found by this suite (fixed in c0d1dbf): the timeout line lacked the job's handle."""
     r = run_hang(gearmand, driver_factory, tmp_path)
     assert r["hung"] and r["hung"][0].handle
     handle = r["hung"][0].handle.decode()
