@@ -1,0 +1,1 @@
+"""`python -m bench`: benchmarks of gearman-driver against its baselines (see __main__)."""
