@@ -293,3 +293,14 @@ class Context:
     reps: int
     tmp: Path
     plot_dir: Path
+
+
+def driver_workers(admin: Admin, master_pid: int) -> int:
+    """How many connections with functions belong to the driver with this master pid."""
+    count = 0
+    for line in admin.lines("workers"):
+        head, sep, functions = line.partition(" : ")
+        cid = " ".join(head.split()[2:])
+        if sep and functions.strip() and cid.split(":")[2:3] == [str(master_pid)]:
+            count += 1
+    return count

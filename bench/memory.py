@@ -37,7 +37,8 @@ WAYS = ("driver (fork + gc.freeze)", "driver, gc.freeze off", "separate interpre
 
 def freeze_switch_supported() -> bool:
     """Whether the driver reads GEARMAN_DRIVER_NO_GC_FREEZE yet (another engineer adds it)."""
-    return any(NO_FREEZE_ENV in path.read_text() for path in (ROOT / "gearman_driver").rglob("*.py"))
+    sources = (ROOT / "gearman_driver").rglob("*.py")
+    return any(NO_FREEZE_ENV in path.read_text() for path in sources)
 
 
 def _work(port: int, procs: int, jobs_per_proc: int, lookups: int) -> None:
