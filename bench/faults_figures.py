@@ -165,8 +165,9 @@ GEARMAND = """\
   N-th try: a foreground client receives `WORK_FAIL` (measured: exactly N tries, then FAIL), a
   background job is deleted. gearman-driver replaces each
   process that died holding a job at once (that is not a failed start), so with the default
-  a poison job means one fork per try; set `--job-retries` on gearmand (e.g. `3`) in
-  production: on Debian, add it to `PARAMS` in `/etc/default/gearman-job-server`
+  a poison job means one fork per try, ~70 forks/s here, for ever (bug 4 below); set
+  `--job-retries` on gearmand (e.g. `3`) in production: on Debian, add it to `PARAMS` in
+  `/etc/default/gearman-job-server`
   (its systemd unit passes `$PARAMS` to gearmand).
 - **`timeout`** (our job attribute) kills a process whose job ran too long; gearmand then
   re-queues that job like any other crash, so a job that *always* hangs is retried under the
@@ -185,7 +186,7 @@ GEARMAND = """\
 BUGS = """\
 ## Driver bugs found by the suite
 
-Each has a test; the fault suite leaves the driver code alone. Bugs 2 and 3 are open: their
+Each has a test; the fault suite leaves the driver code alone. Bugs 2, 3 and 4 are open: their
 tests fail until they are fixed.
 
 1. **The job-timeout log line did not name the job's handle** — fixed during this work
@@ -213,6 +214,19 @@ tests fail until they are fixed.
    importable package, got {name!r} (not found on sys.path or lib)")` — `load_jobs` would need
    the settings' `error` callable, as `apply_runtime_attributes` already takes; errors inside
    the user's own modules keep their `(at file:line)`.
+4. **A poison job under gearmand's default `--job-retries=0` is a fork loop** —
+   `tests/faults/test_poison_job.py::test_poison_job_with_unlimited_retries_does_not_fork_storm`.
+   `gearman_driver/processes.py`, `ProcessManager._after_exit`: the failed-start rule is
+   `lived < FAILED_START_WINDOW and view.jobs_done == 0 and view.state != State.BUSY`, so a
+   process that dies *holding* its first job is "replaced at once", and gearmand hands the
+   same job to the replacement at once. Measured: ~340 processes started in 5 s (~70/s),
+   master at ~12 % CPU, for as long as the job exists, which with `--job-retries=0` is for
+   ever; the README promises "a broken worker never becomes a fork loop". Fix: count an
+   abnormal exit (signal or non-zero status, not asked to stop) of a process that completed
+   no job, busy or not, toward `job.failed_starts` (the same 1, 2, 4 … 60 s backoff), and reset
+   the counter only when a process of the job completes a job; the job's other processes keep
+   serving meanwhile. Logging the handle of the job in hand at such a death (the scoreboard
+   carries it now) would let the operator find the poison job.
 """
 
 
