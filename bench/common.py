@@ -74,6 +74,8 @@ def fmt(value: float) -> str:
     if value != value:  # NaN
         return "n/a"
     magnitude = abs(value)
+    if value == int(value) and magnitude < 1000:
+        return str(int(value))
     if magnitude >= 1000:
         return f"{value:,.0f}"
     if magnitude >= 100:
