@@ -38,6 +38,9 @@ lost, every result right, how many processes were started, how much memory the m
 Run it: `.venv/bin/python -m pytest tests/faults` (about {runtime}). Regenerate this page:
 `.venv/bin/python bench/faults_figures.py` (runs the suite with `GD_FAULT_FIGURES` set; each
 test appends one JSON line per scenario to that file, and the script renders the table below).
+`GD_FAULT_BACKEND=pygearman` (or `native`, the default) runs every scenario on one backend; both
+pass the same checks.
+
 """
 
 TABLE_HEAD = """\
@@ -103,6 +106,11 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'each poison job tried exactly 3 times, the foreground client gets WORK_FAIL, ≤ 7'
         ' processes started in all (the first plus one per death), all 200 good jobs '
         'complete',
+    ),
+    (
+        '`test_poison_job.py` (2)',
+        "the same poison job under gearmand's default `--job-retries=0`, watched for 5 s.",
+        'at most 10 processes started: fails today (bug 4); the figure shows the fork rate',
     ),
     (
         '`test_recycling.py`',
@@ -230,6 +238,11 @@ tests fail until they are fixed.
 """
 
 
+ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "processes die",
+         "poison job, gearmand --job", "poison job, gearmand default", "max_jobs_per_process",
+         "bad config", "console abuse", "SIGTERM"]
+
+
 def run_suite(figures: Path, extra: list[str]) -> tuple[float, str]:
     env = dict(os.environ, GD_FAULT_FIGURES=str(figures))
     cmd = [sys.executable, "-m", "pytest", "tests/faults", "-q", "-p", "no:cacheprovider", *extra]
@@ -257,7 +270,10 @@ def render(rows: list[dict[str, Any]], wall: float, summary: str, date: str) -> 
         latest[row["scenario"]] = row
     out = [INTRO.format(runtime=f"{wall / 60:.1f} minutes on 2 cores" if wall else "3 minutes"),
            TABLE_HEAD.format(date=date, machine=machine, summary=summary, wall=wall)]
-    for row in latest.values():
+    def rank(name: str) -> int:
+        return next((i for i, prefix in enumerate(ORDER) if name.startswith(prefix)), len(ORDER))
+
+    for row in sorted(latest.values(), key=lambda r: rank(r["scenario"])):
         out.append("| " + " | ".join(_cell(row.get(k)) for k in (
             "scenario", "sent", "completed", "failed", "lost", "recover_s", "peak_rss_mb",
             "notes")) + " |\n")
