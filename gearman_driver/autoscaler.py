@@ -115,6 +115,8 @@ class Autoscaler:
         processes = []
         for process in job.processes.values():
             view = scoreboard.read(process.slot)
+            if view.jobs_done and job.failed_starts:
+                job.failed_starts = 0  # a process of this job works: the next failure is new
             since = view.last_job_end if view.last_job_end else view.started
             processes.append(ProcessFigures(process.pid, view.state == State.BUSY,
                                             max(0.0, wall - since), process.stopping))

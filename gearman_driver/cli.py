@@ -47,15 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         settings = load_settings(command.config_files, command.overrides)
-        setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
+        try:
+            setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
+        except OSError as exc:
+            raise settings.error(("logfile",), f"expected a file that can be opened for "
+                                 f"appending, got {settings.logfile!r} ({exc.strerror})"
+                                 ) from exc
         driver = Driver(settings)
         driver.cli_overrides = command.overrides
         driver.reexec_allowed = True
         driver.load()
     except (ConfigError, LoadError) as exc:
-        _print_error(str(exc))
-        return EX_CONFIG
-    except OSError as exc:  # e.g. a log file that cannot be opened
         _print_error(str(exc))
         return EX_CONFIG
     if command.check_config:

@@ -123,7 +123,7 @@ class Driver:
         gc.disable()
         settings = self.settings
         specs = load_jobs(settings.namespaces, settings.lib, settings.server_string,
-                          lambda path: options_for(settings, path))
+                          lambda path: options_for(settings, path), settings.error)
         specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
         for spec in specs:
             self.jobs.add(spec)

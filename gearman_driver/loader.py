@@ -30,7 +30,8 @@ def _import_error(module: str, exc: BaseException) -> LoadError:
     cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
     where = ""
     tb = exc.__traceback__
-    frames = traceback.extract_tb(tb) if tb else []
+    frames = [f for f in (traceback.extract_tb(tb) if tb else [])
+              if not f.filename.startswith("<frozen")]  # importlib's frames mean nothing here
     if frames:
         last = frames[-1]
         where = f" (at {last.filename}:{last.lineno})"
@@ -39,15 +40,30 @@ def _import_error(module: str, exc: BaseException) -> LoadError:
     return LoadError(f"cannot import worker module {module}: {cause}{where}")
 
 
-def import_namespaces(namespaces: Sequence[str], lib: Sequence[str] = ()) -> list[ModuleType]:
-    """Import every module below each namespace package, recursively; `lib` dirs go first."""
+ConfigErrorFactory = Callable[[tuple[Any, ...], str], Exception]
+
+
+def import_namespaces(namespaces: Sequence[str], lib: Sequence[str] = (),
+                      error: ConfigErrorFactory | None = None) -> list[ModuleType]:
+    """Import every module below each namespace package, recursively; `lib` dirs go first.
+
+    A namespace that does not exist is the config's mistake (reported at its entry through
+    `error`); an import that fails inside the worker code names the module and the cause."""
     for directory in reversed(lib):
         if directory not in sys.path:
             sys.path.insert(0, directory)
     modules: list[ModuleType] = []
-    for namespace in namespaces:
+    for index, namespace in enumerate(namespaces):
         try:
             package = importlib.import_module(namespace)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if error is not None and (namespace == missing or
+                                      namespace.startswith(missing + ".")):
+                raise error(("namespaces", index),
+                            f"expected an importable package, got {namespace!r} "
+                            f"(no module named {missing!r} on sys.path or in lib)") from exc
+            raise _import_error(namespace, exc) from exc
         except Exception as exc:
             raise _import_error(namespace, exc) from exc
         modules.append(package)
@@ -209,7 +225,7 @@ def job_specs(worker: Worker) -> list[JobSpec]:
 def apply_runtime_attributes(
     specs: Sequence[JobSpec],
     runtime: Mapping[str, Mapping[str, Any]],
-    error: Callable[[tuple[str, ...], str], Exception],
+    error: ConfigErrorFactory,
 ) -> list[JobSpec]:
     """Override limits from `job_runtime_attributes`; a key naming no job is an error."""
     by_name = {spec.name: spec for spec in specs}
@@ -242,9 +258,10 @@ def load_jobs(
     lib: Sequence[str],
     server: str,
     options_for: Callable[[str], Mapping[str, Any]],
+    error: ConfigErrorFactory | None = None,
 ) -> list[JobSpec]:
     """Import the namespaces, build one worker object per class, and return their jobs."""
-    modules = import_namespaces(namespaces, lib)
+    modules = import_namespaces(namespaces, lib, error)
     specs: list[JobSpec] = []
     for namespace in namespaces:
         classes = worker_classes(m for m in modules

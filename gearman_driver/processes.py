@@ -1,8 +1,9 @@
 """Starting, stopping and reaping worker processes: fork safely, stop gracefully, never loop.
 
 A process that exits within FAILED_START_WINDOW of its start without finishing a job is a failed
-start: the job's next start is delayed exponentially (capped), so a broken worker never turns
-into a fork loop. A process that did work and died is replaced at once.
+start: the job's next start is delayed exponentially (1 s, 2 s, … capped at 60 s; from 0.1 s when
+it died holding its first job, a likely poison job), so a broken worker never turns into a fork
+loop. A process that finished a job and then died is replaced at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from gearman_driver.scoreboard import Scoreboard, SlotView, State
 log = logging.getLogger("gearman_driver.processes")
 
 FAILED_START_WINDOW = 5.0
+BACKOFF_BASE = 1.0
+POISON_BACKOFF_BASE = 0.1
 BACKOFF_CAP = 60.0
 FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
                 signal.SIGUSR1, signal.SIGUSR2}
@@ -185,9 +188,13 @@ class ProcessManager:
                      process.stop_reason, how)
             return
         lived = now - process.started
-        if lived < FAILED_START_WINDOW and view.jobs_done == 0 and view.state != State.BUSY:
+        if lived < FAILED_START_WINDOW and view.jobs_done == 0:
+            # Also when it died holding its first job: gearmand hands that job straight to the
+            # replacement, so replacing at once would fork as fast as the job kills. Such a
+            # process did start, so its backoff ramps from a shorter first step.
             job.failed_starts += 1
-            delay = min(BACKOFF_CAP, 2.0 ** (job.failed_starts - 1))
+            base = POISON_BACKOFF_BASE if view.state == State.BUSY else BACKOFF_BASE
+            delay = min(BACKOFF_CAP, base * 2.0 ** (job.failed_starts - 1))
             job.next_start_at = now + delay
             message = f"process exited {lived:.1f}s after its start ({how})"
             job.last_error, job.last_error_msg = time.time(), message
