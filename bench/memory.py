@@ -137,9 +137,9 @@ def _section(ctx: Context, sizes: tuple[int, ...], idle: dict[tuple[str, int], F
             if not idle[w, n].ok and "off" in w:
                 rows.append([str(n), w, "n/a (driver lacks the switch)", "n/a", "n/a"])
                 continue
-            copied = Figure("", "MB", [b - a for a, b in zip(idle[w, n].values,
-                                                             after[w, n].values, strict=False)])
-            rows.append([str(n), w, idle[w, n].cell(), after[w, n].cell(), copied.cell()])
+            delta = Figure("", "MB", [b - a for a, b in zip(idle[w, n].values,
+                                                            after[w, n].values, strict=False)])
+            rows.append([str(n), w, idle[w, n].cell(), after[w, n].cell(), delta.cell()])
     section.tables.append(("With the 100 MB module", ["processes", "way", "idle (MB)",
                                                       "after jobs (MB)", "copied by reads (MB)"],
                            rows))

@@ -40,7 +40,7 @@ CATEGORIES = ("pygearman (gearman/)", "our wrapper (child.py, scoreboard.py)",
 
 def _spec() -> JobSpec:
     sys.path.insert(0, str(WORKERS_DIR))
-    from bw_echo.jobs import Echo  # type: ignore[import-not-found]
+    from bw_echo.jobs import Echo
 
     return job_specs(Echo(server="127.0.0.1"))[0]
 

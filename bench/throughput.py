@@ -151,13 +151,13 @@ def _section(ctx: Context, n: int, figures: dict[tuple[str, int], Figure],
             f"throughput, pygearman backend / bare pygearman loop, {p} proc",
             figures["driver pygearman", p].cell() + " jobs/s",
             figures["bare pygearman loop", p].cell() + " jobs/s",
-            ours_py[p], "≥ 0.97", None if ours_py[p] is None else ours_py[p] >= 0.97))
+            ours_py[p], "≥ 0.97", _at_least(ours_py[p], 0.97)))
     for p, target in ((1, 0.65), (2, 1.0)):
         section.headline.append(Headline(
             f"throughput, native backend / C worker, {p} proc",
             figures["driver native", p].cell() + " jobs/s",
             figures["C worker (gearman -w)", p].cell() + " jobs/s",
-            ours_nat[p], f"≥ {target}", None if ours_nat[p] is None else ours_nat[p] >= target))
+            ours_nat[p], f"≥ {target}", _at_least(ours_nat[p], target)))
     peers = ("Published peers (DESIGN.md, 20k jobs, 2 processes, measured earlier on this "
              "machine, not in this run): Gearman::Driver 21k jobs/s, GearmanManager 66k jobs/s, "
              f"supervisord + pygearman 19.5k jobs/s. This run, 2 processes: driver native "
@@ -170,6 +170,10 @@ def _section(ctx: Context, n: int, figures: dict[tuple[str, int], Figure],
     if plots.bars(png, "Trivial jobs drained per second", "jobs/s", groups):
         section.plots.append((png.name, "Throughput, median with min–max whiskers"))
     return section
+
+
+def _at_least(value: float | None, target: float) -> bool | None:
+    return None if value is None else value >= target
 
 
 def _r(value: float | None) -> str:
