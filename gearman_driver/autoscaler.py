@@ -88,6 +88,10 @@ class Autoscaler:
                 self._used[job.name] = snapshot.taken_at
                 waiting = snapshot.waiting(job.spec.functions)
                 drivers = len(driver_peers(snapshot, job.spec.functions) | {driver.driver_id})
+            elif job.min_processes <= len(job.running()) <= job.max_processes:
+                # nothing new to decide on (the common idle turn): only watch for saturation
+                saturated = saturated or self._saturated(job)
+                continue
             figures = self._figures(job, waiting, drivers)
             decision = decide(figures)
             if decision.start and driver.processes.can_start(job, now):
@@ -100,13 +104,20 @@ class Autoscaler:
                 process = job.processes.get(pid)
                 if process is not None:
                     driver.processes.stop(process, "idle" if waiting == 0 else "max_processes")
-            live = [p for p in figures.processes if not p.stopping]
-            if live and all(p.busy for p in live) and len(live) < job.max_processes:
-                saturated = True
+            saturated = saturated or self._saturated(job)
         if saturated and self.observer is not None and \
                 now - self._last_saturation_poll >= SATURATION_POLL_GAP:
             if self.observer.start_poll(now):
                 self._last_saturation_poll = now
+
+    def _saturated(self, job: Job) -> bool:
+        """Every running process busy and room for more: worth asking gearmand right now."""
+        scoreboard = self.driver.scoreboard
+        assert scoreboard is not None
+        live = job.running()
+        if not live or len(live) >= job.max_processes:
+            return False
+        return all(scoreboard.read(p.slot).busy for p in live)
 
     def _figures(self, job: Job, waiting: int | None, drivers: int) -> JobFigures:
         scoreboard = self.driver.scoreboard

@@ -114,6 +114,8 @@ def run_child(
                 signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 signal.alarm(max(1, int(graceful_timeout)))
 
+        wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
         for signum in STOP_SIGNALS:
             signal.signal(signum, request_stop)
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -152,7 +154,7 @@ def run_child(
             client_id(master_pid, spec.name, pid),
             runners,
             BackendHooks(should_stop=lambda: stop[0], on_registered=on_registered,
-                         on_disconnected=on_disconnected),
+                         on_disconnected=on_disconnected, wakeup_fd=wakeup_read),
         )
         backend.run()
     except SystemExit as exc:

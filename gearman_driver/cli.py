@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pidfile = PidFile(settings.pidfile) if settings.pidfile else None
     try:
         if pidfile:
-            pidfile.acquire()
+            pidfile.acquire(write=not settings.daemonize)
     except PidFileLocked as exc:
         _print_error(str(exc))
         return EX_TEMPFAIL

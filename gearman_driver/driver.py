@@ -20,6 +20,7 @@ from typing import Any
 
 from gearman_driver import __version__
 from gearman_driver.autoscaler import Autoscaler
+from gearman_driver.backends import backend_class
 from gearman_driver.config import Settings, load_settings, options_for
 from gearman_driver.jobs import Job, JobSpec, JobTable, LoadError, MethodSpec
 from gearman_driver.loader import (
@@ -139,6 +140,9 @@ class Driver:
     def run(self) -> int:
         """Start every job's processes and keep them within their limits until shut down."""
         self.load()
+        for name in {job.spec.worker_backend or self.settings.worker_backend
+                     for job in self.jobs.values()}:
+            backend_class(name)  # imported once here, shared by every child, not once per child
         self._open()
         log.info("gearman-driver %s started (pid %d): %d jobs, servers %s, config %s",
                  __version__, os.getpid(), len(self.jobs), self.settings.server_string,

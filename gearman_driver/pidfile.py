@@ -18,7 +18,9 @@ class PidFile:
         self.path = path
         self.fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, write: bool = True) -> None:
+        """Lock the file; write our pid now, or (write=False) later, once daemonized, so that
+        nobody ever reads the pid of the parent that is about to exit."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -29,7 +31,10 @@ class PidFile:
                 f"{self.path}: another gearman-driver is running (pid {other})"
             ) from None
         self.fd = fd
-        self.write()
+        if write:
+            self.write()
+        else:
+            os.ftruncate(fd, 0)
 
     def write(self) -> None:
         """(Re)write our pid, e.g. after daemonizing changed it."""

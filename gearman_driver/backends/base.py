@@ -61,6 +61,8 @@ class BackendHooks:
     """How a backend reports to the child and learns when to stop.
 
     should_stop: polled between jobs and at least every `poll_interval` seconds while idle.
+    wakeup_fd: readable when a signal arrived (the child's `signal.set_wakeup_fd` pipe); a
+        backend that can wait on it sees a stop request at once instead of at the next poll.
     on_registered: called with the server once gearmand has confirmed (ECHO round trip after
         CAN_DO) that this connection's functions are registered; again after each reconnect.
     on_disconnected: called with the server when a connection is lost.
@@ -70,6 +72,7 @@ class BackendHooks:
     on_registered: Callable[[Server], None] = lambda server: None
     on_disconnected: Callable[[Server], None] = lambda server: None
     poll_interval: float = 0.5
+    wakeup_fd: int | None = None
 
 
 class WorkerBackend(abc.ABC):

@@ -106,6 +106,8 @@ class NativeBackend(WorkerBackend):
             )
             for server in self.servers
         ]
+        if hooks.wakeup_fd is not None:
+            sel.register(hooks.wakeup_fd, _EVENT_READ, None)  # a signal: look at should_stop
         self._ready.clear()
         self._grabbing = None
         self._stopping = False
@@ -119,7 +121,10 @@ class NativeBackend(WorkerBackend):
                     return
                 timeout = self._connect_due(hooks.poll_interval)
                 for key, mask in sel.select(timeout):
-                    conn: ServerConnection = key.data
+                    conn: ServerConnection | None = key.data
+                    if conn is None:
+                        _drain(key.fd)
+                        continue
                     if conn.sock is None:
                         continue  # closed earlier in this batch
                     try:
@@ -297,3 +302,12 @@ class NativeBackend(WorkerBackend):
         self._ready.clear()
         self._grabbing = None
         sel.close()
+
+
+def _drain(fd: int) -> None:
+    """Empty the signal wakeup pipe (the signal itself was handled by its Python handler)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass

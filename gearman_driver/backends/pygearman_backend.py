@@ -110,7 +110,9 @@ class PygearmanBackend(WorkerBackend):
     def run(self) -> None:
         worker = self._make_worker()
         backoff = 0.1
-        poll = min(self.hooks.poll_interval, 0.5)
+        # pygearman's loop cannot wait on the signal pipe: poll often enough that a stop
+        # request is seen within 0.1 s (an idle wake-up costs microseconds)
+        poll = min(self.hooks.poll_interval, 0.1)
         try:
             while not self.hooks.should_stop():
                 started = time.monotonic()
