@@ -20,9 +20,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, NoReturn
 
+from gearman_driver import __version__
 from gearman_driver.config import coerce_override
 from gearman_driver.config_errors import EX_CONFIG, one_line
 
@@ -80,15 +80,6 @@ def _spellings(name: str) -> list[str]:
     return [f"--{name}"] if dashed == name else [f"--{name}", f"--{dashed}"]
 
 
-def _version() -> str:
-    try:
-        return metadata.version("gearman-driver")
-    except metadata.PackageNotFoundError:
-        from gearman_driver import __version__
-
-        return __version__
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser; exposed so ``--help`` output and man pages can be generated from it."""
     parser = _Parser(
@@ -111,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the config, load the workers, print the job table and exit",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for name, metavar, text in _LIST_OPTIONS:
         parser.add_argument(
             *_spellings(name),

@@ -151,6 +151,8 @@ class Driver:
             log.info("job %s: %s, min %d, max %d, %s", job.name, ", ".join(job.spec.functions),
                      job.min_processes, job.max_processes,
                      job.spec.worker_backend or self.settings.worker_backend)
+        assert self.autoscaler is not None
+        self.autoscaler.manage(time.monotonic())  # fork min_processes now, not after a turn
         try:
             while True:
                 self._turn()
