@@ -27,10 +27,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 PR_SET_PDEATHSIG = 1
 
 
+def host_label() -> str:
+    """This host as it appears in client ids (no white space: gearmand splits on it)."""
+    return socket.gethostname().replace(" ", "_")
+
+
 def client_id(master_pid: int, job_name: str, pid: int | None = None) -> str:
     """`<host>:<pid>:<master pid>:<job name>`: gearmand's `workers` then names us and our driver."""
-    host = socket.gethostname().replace(" ", "_")
-    return f"{host}:{pid or os.getpid()}:{master_pid}:{job_name.replace(' ', '_')}"
+    return f"{host_label()}:{pid or os.getpid()}:{master_pid}:{job_name.replace(' ', '_')}"
 
 
 def to_result_bytes(function: str, value: Any) -> bytes:

@@ -13,7 +13,6 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from gearman_driver import __version__
 from gearman_driver.autoscaler import Autoscaler
 from gearman_driver.backends import backend_class
+from gearman_driver.child import host_label
 from gearman_driver.config import Settings, load_settings, options_for
 from gearman_driver.jobs import Job, JobSpec, JobTable, LoadError, MethodSpec
 from gearman_driver.loader import (
@@ -66,7 +66,7 @@ class Driver:
         self.processes: ProcessManager | None = None
         self.notifier = Notifier()
         self._wakeup: tuple[int, int] | None = None
-        self.driver_id = f"{socket.gethostname().replace(' ', '_')}:{os.getpid()}"
+        self.driver_id = ""  # "<host>:<master pid>", set by run(): daemonizing changes the pid
         self.loaded_workers: dict[str, Worker] = {}  # class path -> the object its jobs run on
         self.reexec_allowed = False  # only a master started by the CLI can exec itself again
         self._reexec = False
@@ -194,6 +194,7 @@ class Driver:
 
     # -- set-up and tear-down ------------------------------------------------------------------
     def _open(self) -> None:
+        self.driver_id = f"{host_label()}:{os.getpid()}"  # as in our workers' client ids
         self.selector = selectors.DefaultSelector()
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
