@@ -100,7 +100,6 @@ class ProcessManager:
         finally:
             if os.getpid() == self.master_pid:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        self.scoreboard.set_pid(slot, pid)
         self.jobs.add_process(job, Process(pid, slot, job.name, time.monotonic()))
         log.info("started process %d for %s (%s)", pid, job.name, reason)
         return pid

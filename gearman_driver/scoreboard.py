@@ -24,11 +24,25 @@ class State(IntEnum):
 
 ERROR_BYTES = 200
 HANDLE_BYTES = 64
-# seq, pid, state, registered, jobs_done, started, job_started, last_end, last_end_mono,
-# last_error, error length, error text, handle length, handle of the job in hand
-_LAYOUT = struct.Struct(f"<IiBxHQdddddH{ERROR_BYTES}sH{HANDLE_BYTES}s")
+# One slot, field by field (little endian, packed). The child rewrites only the fields that
+# change on the job path; the master reads the whole slot.
+_FIELDS = (
+    ("seq", "I"), ("pid", "i"), ("state", "B"), ("pad", "x"), ("registered", "H"),
+    ("jobs_done", "Q"), ("started", "d"), ("job_started", "d"), ("last_end", "d"),
+    ("last_end_mono", "d"), ("last_error", "d"), ("error_len", "H"),
+    ("error", f"{ERROR_BYTES}s"), ("handle_len", "H"), ("handle", f"{HANDLE_BYTES}s"),
+)
+_LAYOUT = struct.Struct("<" + "".join(fmt for _, fmt in _FIELDS))
+_OFFSET = {name: struct.calcsize("<" + "".join(fmt for _, fmt in _FIELDS[:i]))
+           for i, (name, _) in enumerate(_FIELDS)}
 _HEAD = struct.Struct("<I")
-_STATE_OFFSET = 8  # seq (4) + pid (4)
+_STATE = struct.Struct("<B")
+_REGISTERED = struct.Struct("<H")
+_DOUBLE = struct.Struct("<d")
+_DONE = struct.Struct("<Q")  # jobs_done
+_ENDS = struct.Struct("<dd")  # last_end, last_end_mono
+_ERROR = struct.Struct(f"<dH{ERROR_BYTES}s")  # last_error, error_len, error
+_HANDLE = struct.Struct(f"<H{HANDLE_BYTES}s")
 _SLOT_SIZE = (_LAYOUT.size + 63) // 64 * 64
 
 
@@ -68,14 +82,6 @@ class Scoreboard:
         self._write(slot, pid_placeholder, State.STARTING, 0, 0, time.time(),
                     0.0, 0.0, 0.0, 0.0, b"", b"")
         return slot
-
-    def set_pid(self, slot: int, pid: int) -> None:
-        view = self.read(slot)
-        self._write(
-            slot, pid, view.state, view.registered, view.jobs_done, view.started,
-            view.job_started, view.last_job_end, view.last_job_end_mono, view.last_error,
-            view.last_error_msg.encode(), view.handle.encode(),
-        )
 
     def release(self, slot: int) -> None:
         """Give a slot back once its process has been reaped."""
@@ -118,49 +124,53 @@ class Scoreboard:
 
 
 class SlotWriter:
-    """The child's handle on its own slot; the only writer of that slot while the child lives."""
+    """The child's handle on its own slot: the only writer of that slot while the child lives,
+    so it keeps the sequence counter itself and rewrites only the fields that changed
+    (a few struct writes per job, no read)."""
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
-        self._board = board
+        self._mem = board._mem
+        self._base = slot * _SLOT_SIZE
         self.slot = slot
-        view = board.read(slot)
-        self.pid = view.pid
-        self.registered = 0
+        self._seq = _HEAD.unpack_from(self._mem, self._base)[0]
         self.jobs_done = 0
-        self.started = view.started
-        self.busy_since = 0.0
-        self.last_end = 0.0
-        self.last_end_mono = 0.0
-        self.last_error = 0.0
-        self.error = b""
-        self.handle = b""
 
-    def _flush(self, state: State) -> None:
-        self._board._write(
-            self.slot, self.pid, state, self.registered, self.jobs_done, self.started,
-            self.busy_since, self.last_end, self.last_end_mono, self.last_error, self.error,
-            self.handle,
-        )
+    def _begin(self) -> int:
+        self._seq += 1  # odd: a reader retries until the write is over
+        _HEAD.pack_into(self._mem, self._base, self._seq)
+        return self._base
+
+    def _end(self) -> None:
+        self._seq += 1
+        _HEAD.pack_into(self._mem, self._base, self._seq)
 
     def ready(self, pid: int) -> None:
-        self.pid = pid
-        self._flush(State.IDLE)
+        base = self._begin()
+        struct.pack_into("<i", self._mem, base + _OFFSET["pid"], pid)
+        _STATE.pack_into(self._mem, base + _OFFSET["state"], State.IDLE)
+        self._end()
 
     def set_registered(self, count: int) -> None:
-        self.registered = count
-        self._flush(State.IDLE)
+        base = self._begin()
+        _REGISTERED.pack_into(self._mem, base + _OFFSET["registered"], count)
+        self._end()
 
     def job_started(self, handle: bytes = b"") -> None:
-        self.busy_since = time.time()
-        self.handle = handle
-        self._flush(State.BUSY)
+        mem, base = self._mem, self._begin()
+        _STATE.pack_into(mem, base + _OFFSET["state"], State.BUSY)
+        _DOUBLE.pack_into(mem, base + _OFFSET["job_started"], time.time())
+        handle = handle[:HANDLE_BYTES]
+        _HANDLE.pack_into(mem, base + _OFFSET["handle_len"], len(handle), handle)
+        self._end()
 
     def job_finished(self, error: str | None = None) -> None:
         now = time.time()
         self.jobs_done += 1
-        self.last_end = now
-        self.last_end_mono = time.monotonic()
+        mem, base = self._mem, self._begin()
+        _DONE.pack_into(mem, base + _OFFSET["jobs_done"], self.jobs_done)
+        _ENDS.pack_into(mem, base + _OFFSET["last_end"], now, time.monotonic())
         if error is not None:
-            self.last_error = now
-            self.error = " ".join(error.split()).encode("utf-8", "replace")
-        self._flush(State.IDLE)
+            text = " ".join(error.split()).encode("utf-8", "replace")[:ERROR_BYTES]
+            _ERROR.pack_into(mem, base + _OFFSET["last_error"], now, len(text), text)
+        _STATE.pack_into(mem, base + _OFFSET["state"], State.IDLE)
+        self._end()

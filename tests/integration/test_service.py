@@ -141,7 +141,8 @@ def test_reload_with_new_worker_options_replaces_only_that_class(gearmand, drive
     def replaced() -> bool:
         now = pids_by_job(driver)
         return all(now.get(job, set()).isdisjoint(before[job]) and
-                   len(now[job]) == len(before[job]) for job in ("alpha.opts", "alpha.work"))
+                   len(now.get(job, ())) == len(before[job]) for job in ("alpha.opts",
+                                                                         "alpha.work"))
 
     assert wait_for(replaced, 15)
     after = pids_by_job(driver)
