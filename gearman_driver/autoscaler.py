@@ -87,7 +87,9 @@ class Autoscaler:
                     self._used.get(job.name) != snapshot.taken_at:
                 self._used[job.name] = snapshot.taken_at
                 waiting = snapshot.waiting(job.spec.functions)
-                drivers = len(driver_peers(snapshot, job.spec.functions) | {driver.driver_id})
+                if waiting:  # peers matter only when there is a shortfall to share
+                    drivers = len(driver_peers(snapshot, job.spec.functions)
+                                  | {driver.driver_id})
             elif job.min_processes <= len(job.running()) <= job.max_processes:
                 # nothing new to decide on (the common idle turn): only watch for saturation
                 saturated = saturated or self._saturated(job)
