@@ -327,17 +327,16 @@ class Driver:
             for process in list(self.jobs[name].processes.values()):
                 self.processes.stop(process, "reload")
 
-    def request_reexec(self) -> None:
-        """Drain every process, then exec a fresh master (worker code or namespaces changed)."""
+    def request_reexec(self) -> bool:
+        """Drain every process, then exec a fresh master (worker code or namespaces changed).
+        False when this master was not started by the CLI and cannot exec itself again."""
         if not self.reexec_allowed:
-            log.error("the change needs a restart of gearman-driver (namespaces, lib or worker "
-                      "code changed); the running configuration is kept")
-            return
-        self._reexec = True
-        self.notifier.reloading()
+            return False
+        self._reexec = True  # RELOADING=1 is sent already; the new master sends READY=1
         assert self.processes is not None
         for process in list(self.jobs.processes()):
             self.processes.stop(process, "re-exec")
+        return True
 
     def changed_modules(self) -> list[str]:
         """Worker modules whose file changed on disk since they were imported."""

@@ -38,8 +38,10 @@ def apply_reload(driver: Driver) -> bool:
     try:
         new = load_settings(old.config_files, driver.cli_overrides)
         if _needs_reexec(driver, old, new):
-            driver.request_reexec()
-            return True
+            if driver.request_reexec():
+                return True  # the new master sends READY=1
+            raise ConfigError("the change needs a restart of gearman-driver (namespaces, lib "
+                              "or worker code changed)")
         new_specs = _rebuilt_specs(driver, old, new)
     except (ConfigError, LoadError) as exc:
         log.error("reload failed: %s; running on the previous configuration", exc)
@@ -116,8 +118,14 @@ def _restart_needed(current: JobSpec, new: JobSpec, old: Settings, settings: Set
 
 
 def reexec_argv(daemonized: bool) -> list[str]:
-    """The command line that started this master, to exec it again (in the foreground)."""
+    """The command line that started this master, to exec it again (in the foreground).
+
+    The script that started us runs again (the Debian package's puts its private library
+    directory on sys.path); under `python -m gearman_driver.cli` the module runs again."""
     extra = ["--no-daemonize"] if daemonized else []
+    script = sys.argv[0]
+    if os.path.isfile(script) and not script.endswith(os.path.join("gearman_driver", "cli.py")):
+        return [sys.executable, script, *sys.argv[1:], *extra]
     return [sys.executable, "-m", "gearman_driver.cli", *sys.argv[1:], *extra]
 
 

@@ -240,3 +240,40 @@ def test_daemonize_with_a_locked_pidfile(gearmand, tmp_path: Path) -> None:
 def _base_for(port: int) -> dict[str, Any]:
     return {"server": f"127.0.0.1:{port}", "console_port": 0, "interval": 1,
             "namespaces": ["tw.pair"], "lib": [str(Path(__file__).parent.parent / "fixtures")]}
+
+
+CODE_V1 = '''
+from gearman_driver import Worker, job
+
+
+class Versioned(Worker):
+    prefix = "v."
+
+    @job
+    def which(self, job, workload):
+        return "v1"
+'''
+
+
+def test_reload_after_a_code_change_reexecs_the_master_gracefully(gearmand, driver_factory,
+                                                                  notify, tmp_path: Path) -> None:
+    package = tmp_path / "code" / "vpkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    module = package / "mod.py"
+    module.write_text(CODE_V1)
+    driver = driver_factory(gearmand, {"namespaces": ["vpkg"], "lib": [str(tmp_path / "code")],
+                                       "interval": 1}, env={"NOTIFY_SOCKET": str(notify.path)})
+    assert notify.wait_keys(["READY"])
+    old_children = driver.children()
+    with TestClient(gearmand) as client:
+        assert client.submit("v.which", b"").result == b"v1"
+    module.write_text(CODE_V1.replace('"v1"', '"v2"'))
+    os.utime(module, (time.time() + 5, time.time() + 5))  # a different mtime, even within 1 s
+    driver.signal(signal.SIGHUP)
+    assert notify.wait_keys(["READY", "RELOADING", "READY"], timeout=20)
+    with TestClient(gearmand) as client:
+        assert wait_for(lambda: client.submit("v.which", b"").result == b"v2", 10)
+    assert driver.proc is not None and driver.proc.poll() is None  # the same pid, re-executed
+    assert not set(old_children) & set(driver.children())
+    assert "re-executing" in driver.log()
