@@ -194,47 +194,27 @@ GEARMAND = """\
 BUGS = """\
 ## Driver bugs found by the suite
 
-Each has a test; the fault suite leaves the driver code alone. Bugs 2, 3 and 4 are open: their
-tests fail until they are fixed.
+Each was found by a test of this suite, fixed in the driver, and the test stays as a regression
+check.
 
-1. **The job-timeout log line did not name the job's handle** — fixed during this work
-   (commit c0d1dbf, "a job killed for its timeout is logged with its handle"); the check stays as
-   `tests/faults/test_job_timeout.py::test_timeout_log_line_names_the_job_handle`.
-   `gearman_driver/processes.py`, `ProcessManager.enforce_deadlines` logged job, duration and
-   pid only, because the scoreboard slot had no field for the handle and a SIGKILLed child
-   cannot log. The fix put the handle of the job in hand into the scoreboard slot.
-2. **An unopenable `logfile` is reported without its location** —
+1. **The job-timeout log line did not name the job's handle** (commit c0d1dbf) —
+   `tests/faults/test_job_timeout.py::test_timeout_log_line_names_the_job_handle`. A SIGKILLed
+   child cannot log, and the scoreboard slot had no field for the handle; the slot now carries
+   the handle of the job in hand and the master names it.
+2. **An unopenable `logfile` was reported without its location** (commit c4321d8) —
    `tests/faults/test_bad_config.py::test_unwritable_logfile_is_reported_with_its_location`.
-   `gearman_driver/cli.py`, `main`: `setup_logging` raises `OSError`, caught by
-   `except OSError as exc: _print_error(str(exc))`, so the user sees
-   `gearman-driver: [Errno 2] No such file or directory: '/x/driver.log'` (exit 78) with no
-   `file:line:col` and no key. Fix: catch the `OSError` around `setup_logging` and raise
-   `settings.error(("logfile",), f"expected a file that can be opened for appending, got "
-   f"{path!r} ({exc.strerror})")`, which names the place the value came from (file or command line).
-3. **A namespace that cannot be imported is reported without its config location** —
-   `tests/faults/test_bad_config.py::test_missing_namespace_is_reported_at_its_config_location`.
-   `gearman_driver/loader.py`, `import_namespaces` → `_import_error`: for a namespace that does
-   not exist the message is `cannot import worker module no_such_pkg: ModuleNotFoundError: No
-   module named 'no_such_pkg' (at <frozen importlib._bootstrap>:1140)`: no `file:line:col` of
-   the `namespaces` entry, and a location inside importlib that means nothing to the user.
-   Fix: when importing the namespace itself fails with `ModuleNotFoundError` whose `.name` is the
-   namespace (or a parent of it), raise `settings.error(("namespaces", index), f"expected an
-   importable package, got {name!r} (not found on sys.path or lib)")` — `load_jobs` would need
-   the settings' `error` callable, as `apply_runtime_attributes` already takes; errors inside
-   the user's own modules keep their `(at file:line)`.
-4. **A poison job under gearmand's default `--job-retries=0` is a fork loop** —
-   `tests/faults/test_poison_job.py::test_poison_job_with_unlimited_retries_does_not_fork_storm`.
-   `gearman_driver/processes.py`, `ProcessManager._after_exit`: the failed-start rule is
-   `lived < FAILED_START_WINDOW and view.jobs_done == 0 and view.state != State.BUSY`, so a
-   process that dies *holding* its first job is "replaced at once", and gearmand hands the
-   same job to the replacement at once. Measured: ~340 processes started in 5 s (~70/s),
-   master at ~12 % CPU, for as long as the job exists, which with `--job-retries=0` is for
-   ever; the README promises "a broken worker never becomes a fork loop". Fix: count an
-   abnormal exit (signal or non-zero status, not asked to stop) of a process that completed
-   no job, busy or not, toward `job.failed_starts` (the same 1, 2, 4 … 60 s backoff), and reset
-   the counter only when a process of the job completes a job; the job's other processes keep
-   serving meanwhile. Logging the handle of the job in hand at such a death (the scoreboard
-   carries it now) would let the operator find the poison job.
+   Now `file:line:col: logfile: expected a file that can be opened for appending, got ...`.
+3. **A namespace that cannot be imported was reported without its config location** (commit
+   c4321d8) — `tests/faults/test_bad_config.py::`
+   `test_missing_namespace_is_reported_at_its_config_location`.
+   A namespace that does not exist is now reported at its `namespaces[i]` entry; errors inside
+   the user's own modules keep their `(at file:line)`, without importlib's frames.
+4. **A poison job under gearmand's default `--job-retries=0` was a fork loop** (commit c4321d8)
+   — `tests/faults/test_poison_job.py::test_poison_job_with_unlimited_retries_does_not_fork_storm`.
+   A process that died holding its first job was replaced at once, and gearmand handed the same
+   job straight to the replacement: ~340 processes in 5 s. Such a death now counts as a failed
+   start, with a backoff ramping from 0.1 s (1 s for a process that died idle), reset once a
+   process of the job completes a job: 6 starts in 5 s, and fewer each second after.
 """
 
 

@@ -78,9 +78,9 @@ def test_poison_job_is_dropped_after_job_retries(tmp_path: Path, driver_factory)
 @pytest.mark.slow
 def test_poison_job_with_unlimited_retries_does_not_fork_storm(gearmand, driver_factory,
                                                               tmp_path: Path) -> None:
-    """BUG: with gearmand's default --job-retries=0 a poison job is handed out for ever, and
-    every death in a first job is replaced at once (processes.py `_after_exit` counts only
-    deaths *without* a job in hand as failed starts): a fork loop of ~70 processes/s here."""
+    """With gearmand's default --job-retries=0 a poison job is handed out for ever: a death in
+    a first job must count as a failed start (backoff), or the replacements fork in a loop
+    (~70 processes/s here before the fix)."""
     tries = tmp_path / "tries.txt"
     driver = driver_factory(gearmand, {
         "namespaces": ["tw.faults.poison"], "loglevel": "INFO",
@@ -95,7 +95,7 @@ def test_poison_job_with_unlimited_retries_does_not_fork_storm(gearmand, driver_
     record_figures("poison job, gearmand default --job-retries=0 (5 s)", sent=1, completed=0,
                    failed=0, lost=0, recover_s=None, peak_rss_kb=peak_rss_kb(driver.pid),
                    notes=f"{starts} processes started and {n_tries} tries in {window:g}s: the "
-                         f"job is never dropped, and each death is replaced at once",
+                         f"job is never dropped; each death backs off the next start",
                    starts=starts)
     assert driver.proc is not None and driver.proc.poll() is None
     assert starts <= 10, f"fork storm: {starts} processes started in {window:g}s"
