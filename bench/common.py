@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +157,6 @@ def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> Non
             proc.wait(5)
 
 
-def children_of(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def kill_pids(pids: list[int]) -> None:
     """SIGKILL leftovers (children a master did not take with it), by pid."""
     for pid in pids:
@@ -190,22 +183,6 @@ def smaps(pid: int) -> dict[str, int]:
 
 def pss_mb(pids: list[int], key: str = "Pss") -> float:
     return sum(smaps(pid).get(key, 0) for pid in pids) / 1024.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 # -- gearmand -------------------------------------------------------------------------------

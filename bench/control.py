@@ -22,10 +22,10 @@ from bench.common import (
     fmt,
     private_gearmand,
     progress,
-    wait_until,
 )
 from bench.daemon import Daemon
 from tests.gearmand_util import JobOutcome, TestClient, free_port
+from tests.gearmand_util import wait_for as wait_until
 
 ECHO = "bench.echo"
 SLEEP = "bench.sleep"

@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, WORKERS_DIR, children_of, kill_pids, stop_all
+from bench.common import (
+    PYTHON,
+    ROOT,
+    WORKERS_DIR,
+    kill_pids,
+    stop_all,
+)
+from tests.driver_util import children_of
 
 
 class Daemon:

@@ -23,10 +23,10 @@ from bench.common import (
     private_gearmand,
     progress,
     pss_mb,
-    wait_until,
 )
 from bench.daemon import Daemon, ProcessGroup, bare_worker_argv
 from tests.gearmand_util import TestClient
+from tests.gearmand_util import wait_for as wait_until
 
 LOOKUP = "bench.lookup"
 ECHO = "bench.echo"

@@ -15,14 +15,14 @@ from bench.common import (
     Figure,
     Headline,
     Section,
-    cpu_seconds,
     driver_workers,
     private_gearmand,
     progress,
-    wait_until,
 )
 from bench.daemon import Daemon
+from tests.driver_util import cpu_seconds
 from tests.gearmand_util import TestClient
+from tests.gearmand_util import wait_for as wait_until
 
 SLEEP = "bench.sleep"
 BURST = 2000

@@ -7,11 +7,11 @@ import json
 import os
 import random
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from gearman_driver.console_client import query
 from tests.gearmand_util import free_port
 
 FIGURES_ENV = "GD_FAULT_FIGURES"
@@ -34,27 +34,9 @@ def peak_rss_kb(pid: int) -> int:
     return proc_status(pid, "VmHWM")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (not its children), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def console(port: int, command: str, timeout: float = 1.0) -> list[str]:
     """One console command with a short timeout; the reply lines without the final `.`."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(command.encode() + b"\n")
-        data = b""
-        while not (data == b".\n" or data.endswith(b"\n.\n")):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    lines = data.decode(errors="replace").splitlines()
-    assert lines and lines[-1] == ".", f"console reply not terminated: {data[-200:]!r}"
-    return lines[:-1]
+    return query(f"127.0.0.1:{port}", command, timeout)
 
 
 def console_config() -> tuple[int, dict[str, Any]]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.driver_util import cpu_seconds
 from tests.faults.faultutil import (
     console,
     console_config,
-    cpu_seconds,
     peak_rss_kb,
     record_figures,
     started_count,
