@@ -7,7 +7,6 @@ produced numbers, so a benchmark that breaks is noticed before the next full run
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +27,6 @@ SECTIONS = {
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(not Path("/usr/sbin/gearmand").exists() or not shutil.which("gearman"),
-                    reason="needs gearmand and the gearman CLI")
 def test_quick_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "b.md"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
