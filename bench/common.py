@@ -125,21 +125,6 @@ def ratio(a: Figure, b: Figure) -> float | None:
 
 # -- processes ------------------------------------------------------------------------------
 
-def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
-    """SIGTERM, wait, then SIGKILL: by pid, and always reaped."""
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    return proc.returncode
-
-
 def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
     """Signal them all first, then reap each: N processes stop in one timeout, not N."""
     for proc in procs:

@@ -84,19 +84,24 @@ def start_gearmand(
         time.sleep(0.01)
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
+    """SIGTERM by pid, wait, SIGKILL if it lingers; always reaped. Returns its exit status."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    return proc.returncode
+
+
 def stop_gearmand(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """Terminate gearmand by pid and reap it (SIGKILL if it lingers)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
+    stop_process(proc, timeout)
 
 
 def worker_lines(port: int) -> list[str]:
