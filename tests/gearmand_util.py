@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,17 @@ def status_table(port: int) -> dict[str, tuple[int, int, int]]:
         if len(parts) == 4:
             table[parts[0]] = (int(parts[1]), int(parts[2]), int(parts[3]))
     return table
+
+
+def running(port: int, function: str) -> int:
+    """Jobs of `function` that gearmand says a worker is running now."""
+    return status_table(port).get(function, (0, 0, 0))[1]
+
+
+def waiting(port: int, function: str) -> int:
+    """Jobs of `function` queued and not yet taken (TOTAL includes the running ones)."""
+    total, in_hand, _ = status_table(port).get(function, (0, 0, 0))
+    return total - in_hand
 
 
 def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> bool:
@@ -244,3 +256,17 @@ class TestClient:
             pass
         finally:
             self.sock.settimeout(old)
+
+
+def submit_in_thread(port: int, function: str, data: bytes
+                     ) -> tuple[threading.Thread, list[JobOutcome]]:
+    """Run one foreground job from a thread; its outcome is appended to the list when done."""
+    outcomes: list[JobOutcome] = []
+
+    def submit() -> None:
+        with TestClient(port) as client:
+            outcomes.append(client.submit(function, data))
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    return thread, outcomes

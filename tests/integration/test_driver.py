@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.driver_util import alive, children_of, run_cli
-from tests.gearmand_util import TestClient, admin, start_gearmand, stop_gearmand, wait_for
+from tests.gearmand_util import (
+    TestClient,
+    running,
+    start_gearmand,
+    stop_gearmand,
+    submit_in_thread,
+    wait_for,
+)
 
 BASIC = {"namespaces": ["tw.basic"]}
 
@@ -152,24 +158,15 @@ def test_check_config_prints_the_job_table(tmp_path: Path) -> None:
 def test_sigterm_during_a_job_lets_it_complete_then_exits_0(gearmand, driver_factory) -> None:
     driver = driver_factory(gearmand, BASIC)
     assert driver.wait_registered("t.sleep", 1)
-    results: list[object] = []
-
-    def submit() -> None:
-        with TestClient(gearmand) as client:
-            results.append(client.submit("t.sleep", b"2"))
-
-    thread = threading.Thread(target=submit)
-    thread.start()
-    assert wait_for(lambda: admin(gearmand, "status") and any(
-        line.startswith("t.sleep\t") and line.split("\t")[2] == "1"
-        for line in admin(gearmand, "status")), 5)
+    thread, results = submit_in_thread(gearmand, "t.sleep", b"2")
+    assert wait_for(lambda: running(gearmand, "t.sleep") == 1, 5)
     children = driver.children()
     driver.signal(signal.SIGTERM)
     assert driver.wait_exit(15) == 0
     thread.join(10)
     assert len(results) == 1
     outcome = results[0]
-    assert outcome.final == "complete" and outcome.result == b"slept 2"  # type: ignore[attr-defined]
+    assert outcome.final == "complete" and outcome.result == b"slept 2"
     assert not any(alive(pid) for pid in children)
 
 

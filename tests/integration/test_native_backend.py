@@ -14,7 +14,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,9 +27,11 @@ from gearmand_util import (  # noqa: E402
     TestClient,
     admin,
     free_port,
+    running,
     start_gearmand,
     status_table,
     stop_gearmand,
+    submit_in_thread,
     wait_for,
     worker_lines,
 )
@@ -354,15 +355,8 @@ def test_should_stop_waits_for_the_running_job(
 ) -> None:
     worker = workers([(LOCAL, gearmand)], {"sleepy": sleepy})
     worker.wait("registered", (LOCAL, gearmand))
-    outcomes: list[Any] = []
-
-    def client_thread() -> None:
-        with TestClient(gearmand) as client:
-            outcomes.append(client.submit("sleepy", b"1.5"))
-
-    thread = threading.Thread(target=client_thread)
-    thread.start()
-    assert wait_for(lambda: status_table(gearmand).get("sleepy", (0, 0, 0))[1] == 1, 5)
+    thread, outcomes = submit_in_thread(gearmand, "sleepy", b"1.5")
+    assert wait_for(lambda: running(gearmand, "sleepy") == 1, 5)
     with TestClient(gearmand) as client:
         client.submit_bg("sleepy", b"0")  # must stay queued: the worker stops after one job
     started = time.monotonic()

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.gearmand_util import TestClient, admin, start_gearmand, stop_gearmand, wait_for
+from tests.gearmand_util import (
+    TestClient,
+    running,
+    start_gearmand,
+    stop_gearmand,
+    submit_in_thread,
+    wait_for,
+    waiting,
+)
 
 BASIC = {"namespaces": ["tw.basic"], "interval": 1}
 
@@ -21,14 +28,6 @@ def only(job: str, **limits: Any) -> dict[str, Any]:
     attrs: dict[str, Any] = {n: {"min_processes": 0, "max_processes": 0} for n in names}
     attrs[job] = limits
     return attrs
-
-
-def waiting(port: int, function: str) -> int:
-    for line in admin(port, "status"):
-        parts = line.split("\t")
-        if parts[0] == function:
-            return int(parts[1]) - int(parts[2])
-    return 0
 
 
 def test_burst_scales_up_to_max_then_back_to_min_after_idle(gearmand, driver_factory) -> None:
@@ -51,16 +50,8 @@ def test_busy_process_is_never_stopped_by_scale_down(gearmand, driver_factory) -
     driver = driver_factory(gearmand, {**BASIC, "max_idle_time": 0, "job_runtime_attributes":
                                        only("t.sleep", min_processes=1, max_processes=4)})
     assert driver.wait_registered("t.sleep", 1)
-    results: list[Any] = []
-
-    def long_job() -> None:
-        with TestClient(gearmand) as client:
-            results.append(client.submit("t.sleep", b"5"))
-
-    thread = threading.Thread(target=long_job)
-    thread.start()
-    assert wait_for(lambda: any(line.startswith("t.sleep\t1\t1") for line in
-                                admin(gearmand, "status")), 5)
+    thread, results = submit_in_thread(gearmand, "t.sleep", b"5")
+    assert wait_for(lambda: running(gearmand, "t.sleep") == 1, 5)
     with TestClient(gearmand) as client:
         client.submit_many_bg("t.sleep", [b"0.3"] * 12)
     assert driver.wait_registered("t.sleep", 4, timeout=10)

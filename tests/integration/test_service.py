@@ -41,7 +41,7 @@ class NotifySocket:
 
     def keys(self) -> list[str]:
         """The sequence of state messages (READY/RELOADING/STOPPING), in order."""
-        order = []
+        order: list[str] = []
         for message in self.drain():
             for key in ("READY", "RELOADING", "STOPPING"):
                 if key in message:
