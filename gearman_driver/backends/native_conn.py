@@ -158,22 +158,7 @@ class ServerConnection:
 
     def send(self, data: bytes) -> None:
         """Queue and try to write `data` now; the selector finishes a partial write."""
-        if self.sock is None or self.dead is not None:
-            return
-        out = self.out
-        if out:
-            out += data
-            return
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self.dead = f"write failed: {exc}"
-            return
-        if sent < len(data):
-            out += memoryview(data)[sent:]
-            self._set_write(True)
+        self.send_parts([data])
 
     def send_parts(self, parts: list[bytes]) -> None:
         """Write several buffers with one sendmsg (no copy of a large result)."""
