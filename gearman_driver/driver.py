@@ -365,13 +365,7 @@ class Driver:
         log.info("limits of %s set to min %d, max %d", name, job.min_processes,
                  job.max_processes)
 
-    # -- what the console, STATUS and tests read ----------------------------------------------
-    def registered_pids(self, name: str) -> list[int]:
-        """Processes of a job whose functions gearmand has confirmed registered."""
-        assert self.scoreboard is not None
-        return [p.pid for p in self.jobs[name].processes.values()
-                if self.scoreboard.read(p.slot).registered > 0]
-
+    # -- what STATUS reads --------------------------------------------------------------------
     def status_line(self) -> str:
         assert self.scoreboard is not None
         processes = list(self.jobs.processes())

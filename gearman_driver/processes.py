@@ -207,6 +207,3 @@ class ProcessManager:
                 else logging.WARNING
             log.log(level, "process %d of %s exited after %d jobs (%s); replacing it",
                     process.pid, job.name, view.jobs_done, how)
-
-    def live_view(self, process: Process) -> SlotView:
-        return self.scoreboard.read(process.slot)
