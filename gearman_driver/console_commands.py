@@ -25,11 +25,13 @@ __all__ = [
     "execute",
     "handle_line",
     "format_status",
+    "format_show",
     "format_processes",
 ]
 
 NEVER = "1970-01-01T00:00:00"
-_INT = re.compile(r"[+-]?[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]+")
+_PID = re.compile(r"[1-9][0-9]{0,9}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,26 +116,9 @@ def iso_utc(epoch: float) -> str:
         return NEVER
 
 
-def _table(rows: list[list[str]], right: set[int], free_last: bool) -> list[str]:
-    """Pad columns to widths shared by all rows, two spaces apart; with ``free_last`` the last
-    column is appended unpadded and dropped when empty (no trailing spaces)."""
-    if not rows:
-        return []
-    padded_cols = len(rows[0]) - (1 if free_last else 0)
-    widths = [max(len(r[i]) for r in rows) for i in range(padded_cols)]
-    out = []
-    for r in rows:
-        cells = [
-            r[i].rjust(widths[i]) if i in right else r[i].ljust(widths[i])
-            for i in range(padded_cols)
-        ]
-        if free_last and r[-1]:
-            cells.append(r[-1])
-        out.append("  ".join(cells).rstrip())
-    return out
-
-
 def _status_cells(row: JobRow) -> list[str]:
+    """The seven columns; the message gets Gearman::Driver's ``ERROR: `` prefix when set."""
+    message = one_line(row.last_error_msg)
     return [
         one_line(row.name),
         str(row.min_processes),
@@ -141,18 +126,32 @@ def _status_cells(row: JobRow) -> list[str]:
         str(row.processes),
         iso_utc(row.last_run),
         iso_utc(row.last_error),
-        one_line(row.last_error_msg),
+        f"ERROR: {message}" if message else "",
     ]
 
 
 def format_status(rows: Sequence[JobRow]) -> list[str]:
-    """One line per job sorted by name, parseable with ``line.split(maxsplit=6)``."""
+    """One line per job sorted by name, byte for byte as Gearman::Driver prints it: the name
+    padded to the longest, the three counts right-aligned to the widest (at least 1), the two
+    times, then the message column unpadded - so a line without an error ends in two spaces."""
     ordered = sorted(rows, key=lambda r: r.name)
-    return _table([_status_cells(r) for r in ordered], right={1, 2, 3}, free_last=True)
+    cells = [_status_cells(r) for r in ordered]
+    widths = [max([1, *(len(c[i]) for c in cells)]) for i in range(4)]
+    return [
+        "  ".join([c[0].ljust(widths[0]), *(c[i].rjust(widths[i]) for i in (1, 2, 3)), *c[4:]])
+        for c in cells
+    ]
+
+
+def format_show(row: JobRow) -> str:
+    """``show``'s first line: the status columns without any padding (Gearman::Driver's
+    ``%s  %d  %d  %d  %s  %s  %s``), so it too ends in two spaces when there is no error."""
+    return "  ".join(_status_cells(row))
 
 
 def format_processes(rows: Sequence[ProcessRow]) -> list[str]:
-    """pid, idle/busy, jobs done, whole seconds since the last job (``-`` before the first)."""
+    """``ps``: pid, idle/busy, jobs done, whole seconds since the last job (``-`` before the
+    first), columns padded to shared widths two spaces apart."""
     cells = [
         [
             str(p.pid),
@@ -162,21 +161,27 @@ def format_processes(rows: Sequence[ProcessRow]) -> list[str]:
         ]
         for p in sorted(rows, key=lambda p: p.pid)
     ]
-    return _table(cells, right={0, 2, 3}, free_last=False)
+    if not cells:
+        return []
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    return [
+        "  ".join([c[0].rjust(widths[0]), c[1].ljust(widths[1]),
+                   c[2].rjust(widths[2]), c[3].rjust(widths[3])]).rstrip()
+        for c in cells
+    ]
 
 
 def _ok() -> Reply:
     return Reply(("OK",))
 
 
-def _usage(name: str) -> CommandError:
-    return CommandError("invalid_value", f"usage: {COMMANDS[name][1]}")
-
-
-def _job(ctl: Controller, name: str) -> str:
-    if not ctl.has_job(name):
-        raise CommandError("invalid_job_name", one_line(name))
-    return name
+def _args(name: str, args: list[str], count: int) -> list[str]:
+    """Exactly ``count`` arguments, missing ones as ``""`` so they fail the way Gearman::Driver
+    fails them (``invalid_job_name: `` with an empty name, ``must be >= 0`` for a value);
+    extra ones, which Gearman::Driver ignored silently, are a usage error here."""
+    if len(args) > count:
+        raise CommandError("invalid_value", f"usage: {COMMANDS[name][1]}")
+    return args + [""] * (count - len(args))
 
 
 def _job_row(ctl: Controller, name: str) -> JobRow:
@@ -186,16 +191,12 @@ def _job_row(ctl: Controller, name: str) -> JobRow:
     raise CommandError("invalid_job_name", one_line(name))
 
 
-def _int(value: str, what: str) -> int:
-    if not _INT.fullmatch(value):
-        raise CommandError("invalid_value", f"{what} must be an integer")
-    return int(value)
-
-
-def _non_negative(value: int, what: str) -> int:
-    if value < 0:
+def _count(value: str, what: str) -> int:
+    """Gearman::Driver accepts digits only (no sign) and answers ``must be >= 0`` for
+    anything else, a missing value included."""
+    if not _DIGITS.fullmatch(value):
         raise CommandError("invalid_value", f"{what} must be >= 0")
-    return value
+    return int(value)
 
 
 def _set_limits(ctl: Controller, job: str, lo: int | None, hi: int | None) -> Reply:
@@ -211,69 +212,71 @@ def cmd_status(ctl: Controller, args: list[str]) -> Reply:
 
 
 def cmd_show(ctl: Controller, args: list[str]) -> Reply:
-    if len(args) != 1:
-        raise _usage("show")
-    job = args[0]
-    rows = list(ctl.job_rows())
-    if not any(r.name == job for r in rows):
-        raise CommandError("invalid_job_name", one_line(job))
-    ordered = sorted(rows, key=lambda r: r.name)
-    # Widths are those of the whole status table, so the line equals its `status` line.
-    line = format_status(ordered)[[r.name for r in ordered].index(job)]
-    return Reply((line, *format_processes(ctl.process_rows(job))))
+    """The job's unpadded status line, then its pids alone on their lines (scripts read them
+    with ``/^\\d+$/``)."""
+    (name,) = _args("show", args, 1)
+    row = _job_row(ctl, name)
+    pids = sorted(p.pid for p in ctl.process_rows(row.name))
+    return Reply((format_show(row), *(str(pid) for pid in pids)))
+
+
+def cmd_ps(ctl: Controller, args: list[str]) -> Reply:
+    """gearman-driver's own per-process view, kept out of ``show`` so ``show`` stays Perl's."""
+    (name,) = _args("ps", args, 1)
+    row = _job_row(ctl, name)
+    return Reply(tuple(format_processes(ctl.process_rows(row.name))))
 
 
 def cmd_set_min_processes(ctl: Controller, args: list[str]) -> Reply:
-    if len(args) != 2:
-        raise _usage("set_min_processes")
-    row = _job_row(ctl, args[0])
-    lo = _non_negative(_int(args[1], "min_processes"), "min_processes")
+    name, value = _args("set_min_processes", args, 2)
+    row = _job_row(ctl, name)
+    lo = _count(value, "min_processes")
     if lo > row.max_processes:
         raise CommandError("invalid_value", "min_processes must be smaller than max_processes")
     return _set_limits(ctl, row.name, lo, None)
 
 
 def cmd_set_max_processes(ctl: Controller, args: list[str]) -> Reply:
-    if len(args) != 2:
-        raise _usage("set_max_processes")
-    row = _job_row(ctl, args[0])
-    hi = _non_negative(_int(args[1], "max_processes"), "max_processes")
+    name, value = _args("set_max_processes", args, 2)
+    row = _job_row(ctl, name)
+    hi = _count(value, "max_processes")
     if hi < row.min_processes:
         raise CommandError("invalid_value", "max_processes must be greater than min_processes")
     return _set_limits(ctl, row.name, None, hi)
 
 
 def cmd_set_processes(ctl: Controller, args: list[str]) -> Reply:
-    if len(args) != 3:
-        raise _usage("set_processes")
-    job = _job(ctl, args[0])
-    lo = _int(args[1], "min_processes")
-    hi = _int(args[2], "max_processes")
-    _non_negative(lo, "min_processes")
-    _non_negative(hi, "max_processes")
-    if lo > hi:
-        raise CommandError("invalid_value", "min_processes must be smaller than max_processes")
-    return _set_limits(ctl, job, lo, hi)
+    name, lo_text, hi_text = _args("set_processes", args, 3)
+    row = _job_row(ctl, name)
+    lo = _count(lo_text, "min_processes")
+    hi = _count(hi_text, "max_processes")
+    if hi < lo:
+        raise CommandError("invalid_value", "max_processes must be greater than min_processes")
+    return _set_limits(ctl, row.name, lo, hi)
 
 
 def cmd_kill(ctl: Controller, args: list[str]) -> Reply:
-    if not args:
-        raise _usage("kill")
-    pids = [_int(a, "pid") for a in args]
-    # Never hand 0 or a negative number on: os.kill would read it as a process group.
-    wanted = list(dict.fromkeys(p for p in pids if p > 0))
+    """Like Gearman::Driver, words that are not one of our pids are passed over; only when
+    none is left is it an error. A pid is written as ``ps`` shows it (no sign, no leading
+    zero), so 0 or a negative number, which os.kill reads as a process group, never passes."""
+    wanted = list(dict.fromkeys(int(a) for a in args if _PID.fullmatch(a)))
     if not wanted or not ctl.stop_pids(wanted):
         raise CommandError("invalid_value", "the given PID(s) do not belong to us")
     return _ok()
 
 
 def cmd_killall(ctl: Controller, args: list[str]) -> Reply:
+    """``*`` alone means every job (as in Gearman::Driver); names are all checked before
+    any process is stopped, so a typo stops nothing."""
     if not args:
         raise CommandError("invalid_value", "no job_names given")
-    if "*" in args:
+    if args == ["*"]:
         jobs = [r.name for r in ctl.job_rows()]
     else:
-        jobs = [_job(ctl, a) for a in dict.fromkeys(args)]  # all checked before any stops
+        jobs = list(dict.fromkeys(args))
+        for job in jobs:
+            if not ctl.has_job(job):
+                raise CommandError("invalid_job_name", one_line(job))
     ctl.stop_jobs(jobs)
     return _ok()
 
@@ -296,7 +299,8 @@ Handler = Callable[[Controller, list[str]], Reply]
 
 COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "status": (cmd_status, "status", "every job: name min max processes last_run last_error msg"),
-    "show": (cmd_show, "show <job>", "a job's status line, then pid state jobs_done idle_secs"),
+    "show": (cmd_show, "show <job>", "a job's status line, then its pids one per line"),
+    "ps": (cmd_ps, "ps <job>", "a job's processes: pid state jobs_done idle_secs"),
     "set_min_processes": (
         cmd_set_min_processes, "set_min_processes <job> <n>", "set a job's minimum processes"
     ),

@@ -40,10 +40,39 @@ def test_status_and_show_reflect_the_job_table(gearmand, driver_factory) -> None
     assert rows["beta.opts"][4] != "1970-01-01T00:00:00"
     shown = ask(port, "show alpha.opts")
     assert shown[0].split()[:4] == ["alpha.opts", "2", "6", "2"]
-    pids = sorted(int(line.split()[0]) for line in shown[1:])
-    assert pids == sorted(int(cid.split(":")[1]) for cid, fns in driver.workers()
-                          if "alpha.opts" in fns)
-    assert all(line.split()[1] == "idle" for line in shown[1:])
+    pids = sorted(int(cid.split(":")[1]) for cid, fns in driver.workers() if "alpha.opts" in fns)
+    assert [int(line) for line in shown[1:]] == pids
+    listed = [line.split() for line in ask(port, "ps alpha.opts")]
+    assert [int(row[0]) for row in listed] == pids
+    assert all(row[1] == "idle" for row in listed)
+
+
+def test_replies_are_gearman_drivers_bytes(gearmand, driver_factory) -> None:
+    """One connection, several commands pipelined, every byte compared: the trailing column
+    separator, bare pids under `show`, Perl's error texts, and `quit` closing without a `.`."""
+    port = free_port()
+    driver = driver_factory(gearmand, {**PAIR, "console_port": port})
+    for name, count in (("alpha.opts", 2), ("alpha.work", 1), ("beta.opts", 1)):
+        assert driver.wait_registered(name, count)
+    pids = sorted(int(cid.split(":")[1]) for cid, fns in driver.workers() if "alpha.opts" in fns)
+    never = "1970-01-01T00:00:00"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"status\nshow alpha.opts\nset_processes alpha.opts ten ten\n"
+                     b"set_processes alpha.opts 5 1\nbogus\nquit\nstatus\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.decode() == (
+        f"alpha.opts  2  6  2  {never}  {never}  \n"
+        f"alpha.work  1  4  1  {never}  {never}  \n"
+        f"beta.opts   1  1  1  {never}  {never}  \n"
+        ".\n"
+        f"alpha.opts  2  6  2  {never}  {never}  \n" + "".join(f"{pid}\n" for pid in pids) +
+        ".\n"
+        "ERR invalid_value: min_processes must be >= 0\n.\n"
+        "ERR invalid_value: max_processes must be greater than min_processes\n.\n"
+        "ERR unknown_command: bogus\n.\n"
+    )
 
 
 def test_set_processes_takes_effect_at_once(gearmand, driver_factory) -> None:

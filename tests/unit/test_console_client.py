@@ -11,7 +11,7 @@ import pytest
 
 from gearman_driver.console import ConsoleServer
 from gearman_driver.console_client import main, parse_server
-from tests.unit.test_console_commands import STATUS
+from tests.unit.test_console_commands import SHOW_A, STATUS
 from tests.unit.test_console_support import MemoryController, start_server, stop_server
 
 
@@ -73,7 +73,7 @@ def test_two_servers_prefix_each_line(
     finally:
         stop_server(other, loop)
     assert capsys.readouterr().out.splitlines() == [
-        f"{addr(server)}> {STATUS[2]}",
+        f"{addr(server)}> {SHOW_A}",
         f"{second}> ERR invalid_job_name: a",
     ]
 
@@ -84,7 +84,7 @@ def test_one_of_two_unreachable_exits_2(
     dead = f"127.0.0.1:{free_port()}"
     assert main(["--server", f"{dead},{addr(server)}", "show", "a"]) == 2
     out, err = capsys.readouterr()
-    assert out.splitlines() == [f"{addr(server)}> {STATUS[2]}"]
+    assert out.splitlines() == [f"{addr(server)}> {SHOW_A}"]
     assert dead in err
 
 
@@ -160,4 +160,4 @@ def test_interactive_reconnects_after_idle_close(
         assert main(["--server", addr(srv)]) == 0
     finally:
         stop_server(srv, loop)
-    assert capsys.readouterr().out.count(STATUS[2]) == 2
+    assert capsys.readouterr().out.count(SHOW_A) == 2

@@ -19,11 +19,12 @@ from tests.unit.test_console_support import MemoryController, ProcessRow
 LOG = logging.getLogger("test.console")
 
 STATUS = [
-    "My::Workers::One::do_something_else  2   5  1  2026-11-28T10:00:00  1970-01-01T00:00:00",
+    "My::Workers::One::do_something_else  2   5  1  2026-11-28T10:00:00  1970-01-01T00:00:00  ",
     "My::Workers::Two::scale_image        1  15  2  2026-11-28T10:00:00  2026-11-28T10:01:01"
-    "  db gone reconnect failed",
-    "a                                    0   1  0  1970-01-01T00:00:00  1970-01-01T00:00:00",
+    "  ERROR: db gone reconnect failed",
+    "a                                    0   1  0  1970-01-01T00:00:00  1970-01-01T00:00:00  ",
 ]
+SHOW_A = "a  0  1  0  1970-01-01T00:00:00  1970-01-01T00:00:00  "
 
 
 def run(ctl: MemoryController, line: str) -> list[str]:
@@ -39,28 +40,14 @@ def test_status_exact_sorted_and_padded() -> None:
 def test_status_parses_with_split_maxsplit_6() -> None:
     lines = format_status(MemoryController().job_rows())
     fields = [line.split(maxsplit=6) for line in lines]
-    assert fields[1][6] == "db gone reconnect failed"
+    assert fields[1][6] == "ERROR: db gone reconnect failed"
     assert [len(f) for f in fields] == [6, 7, 6]
-    assert all(line == line.rstrip() for line in lines)
-    # shared widths: names start every line, the other columns end at the same offsets
-    assert len({tuple(_column_ends(line)[1:6]) for line in lines}) == 1
-
-
-def _column_ends(line: str) -> list[int]:
-    ends, inside = [], False
-    for i, ch in enumerate(line + " "):
-        if ch != " " and not inside:
-            inside = True
-        elif ch == " " and inside:
-            inside = False
-            ends.append(i)
-    return ends
 
 
 def test_status_folds_every_line_break_and_control_char() -> None:
     row = JobRow("j", 0, 1, 0, 0.0, 1.0, "a\r\nb\x0bc\x1b[31m\u2028.\n")
     (line,) = format_status([row])
-    assert line.split(maxsplit=6)[6] == "a  b c [31m ."
+    assert line.split(maxsplit=6)[6] == "ERROR: a  b c [31m ."
     assert "\n" not in line and "\x1b" not in line
 
 
@@ -78,49 +65,68 @@ def test_iso_utc(epoch: float, text: str) -> None:
     assert iso_utc(epoch) == text
 
 
-def test_show_repeats_the_status_line_then_processes() -> None:
+def test_show_is_the_unpadded_status_line_then_bare_pids() -> None:
     ctl = MemoryController()
     assert run(ctl, "show My::Workers::Two::scale_image") == [
-        STATUS[1],
+        "My::Workers::Two::scale_image  1  15  2  2026-11-28T10:00:00  2026-11-28T10:01:01"
+        "  ERROR: db gone reconnect failed",
+        "815",
+        "4711",
+    ]
+    assert run(ctl, "show a") == [SHOW_A]
+
+
+def test_ps_lists_state_jobs_done_and_idle_seconds() -> None:
+    ctl = MemoryController()
+    assert run(ctl, "ps My::Workers::Two::scale_image") == [
         " 815  idle     7  -",
         "4711  busy  1234  3",
     ]
-    assert run(ctl, "show a") == [STATUS[2]]
+    assert run(ctl, "ps a") == []
+    assert run(ctl, "ps nope") == ["ERR invalid_job_name: nope"]
     assert format_processes([ProcessRow(1, False, 0, -3.0)]) == ["1  idle  0  0"]
 
 
 @pytest.mark.parametrize(
     ("line", "reply"),
     [
-        ("show", "ERR invalid_value: usage: show <job>"),
+        ("show", "ERR invalid_job_name: "),
         ("show nope", "ERR invalid_job_name: nope"),
-        ("set_min_processes a", "ERR invalid_value: usage: set_min_processes <job> <n>"),
+        ("show a b", "ERR invalid_value: usage: show <job>"),
+        ("ps", "ERR invalid_job_name: "),
+        ("set_min_processes", "ERR invalid_job_name: "),
+        ("set_min_processes a", "ERR invalid_value: min_processes must be >= 0"),
+        ("set_min_processes a 1 2", "ERR invalid_value: usage: set_min_processes <job> <n>"),
         ("set_min_processes nope 1", "ERR invalid_job_name: nope"),
-        ("set_min_processes a x", "ERR invalid_value: min_processes must be an integer"),
-        ("set_min_processes a 1.5", "ERR invalid_value: min_processes must be an integer"),
+        ("set_min_processes a x", "ERR invalid_value: min_processes must be >= 0"),
+        ("set_min_processes a 1.5", "ERR invalid_value: min_processes must be >= 0"),
         ("set_min_processes a -1", "ERR invalid_value: min_processes must be >= 0"),
+        ("set_min_processes a +1", "ERR invalid_value: min_processes must be >= 0"),
+        ("set_min_processes a \u0661", "ERR invalid_value: min_processes must be >= 0"),
         ("set_min_processes a 2",
          "ERR invalid_value: min_processes must be smaller than max_processes"),
-        ("set_max_processes a", "ERR invalid_value: usage: set_max_processes <job> <n>"),
+        ("set_max_processes a", "ERR invalid_value: max_processes must be >= 0"),
         ("set_max_processes nope 1", "ERR invalid_job_name: nope"),
-        ("set_max_processes a ten", "ERR invalid_value: max_processes must be an integer"),
+        ("set_max_processes a ten", "ERR invalid_value: max_processes must be >= 0"),
         ("set_max_processes a -1", "ERR invalid_value: max_processes must be >= 0"),
         ("set_max_processes My::Workers::One::do_something_else 1",
          "ERR invalid_value: max_processes must be greater than min_processes"),
-        ("set_processes a 1", "ERR invalid_value: usage: set_processes <job> <min> <max>"),
+        ("set_processes a 1", "ERR invalid_value: max_processes must be >= 0"),
+        ("set_processes a 1 2 3", "ERR invalid_value: usage: set_processes <job> <min> <max>"),
         ("set_processes nope 1 2", "ERR invalid_job_name: nope"),
-        ("set_processes a x 2", "ERR invalid_value: min_processes must be an integer"),
-        ("set_processes a 1 y", "ERR invalid_value: max_processes must be an integer"),
+        ("set_processes a x 2", "ERR invalid_value: min_processes must be >= 0"),
+        ("set_processes a 1 y", "ERR invalid_value: max_processes must be >= 0"),
         ("set_processes a -1 2", "ERR invalid_value: min_processes must be >= 0"),
         ("set_processes a 1 -2", "ERR invalid_value: max_processes must be >= 0"),
         ("set_processes a 3 2",
-         "ERR invalid_value: min_processes must be smaller than max_processes"),
-        ("kill", "ERR invalid_value: usage: kill <pid> ..."),
-        ("kill abc", "ERR invalid_value: pid must be an integer"),
+         "ERR invalid_value: max_processes must be greater than min_processes"),
+        ("kill", "ERR invalid_value: the given PID(s) do not belong to us"),
+        ("kill abc", "ERR invalid_value: the given PID(s) do not belong to us"),
         ("kill 1 2", "ERR invalid_value: the given PID(s) do not belong to us"),
-        ("kill 0 -1", "ERR invalid_value: the given PID(s) do not belong to us"),
+        ("kill 0 -1 -4711 +4711 04711", "ERR invalid_value: the given PID(s) do not belong to us"),
         ("killall", "ERR invalid_value: no job_names given"),
         ("killall a nope", "ERR invalid_job_name: nope"),
+        ("killall * a", "ERR invalid_job_name: *"),
         ("frobnicate now", "ERR unknown_command: frobnicate"),
         ("STATUS", "ERR unknown_command: STATUS"),
         ("\x1b[2Jx", "ERR unknown_command: [2Jx"),
@@ -142,8 +148,10 @@ def test_set_commands_apply() -> None:
     assert (ctl.jobs["a"].min_processes, ctl.jobs["a"].max_processes) == (4, 4)
     assert run(ctl, "set_processes a 0 0") == ["OK"]
     assert (ctl.jobs["a"].min_processes, ctl.jobs["a"].max_processes) == (0, 0)
-    assert run(ctl, "set_processes a +2 7") == ["OK"]
+    assert run(ctl, "set_processes a 2 7") == ["OK"]
     assert (ctl.jobs["a"].min_processes, ctl.jobs["a"].max_processes) == (2, 7)
+    assert run(ctl, "set_processes a 007 8") == ["OK"]  # digits, as Perl's /^\d+$/
+    assert (ctl.jobs["a"].min_processes, ctl.jobs["a"].max_processes) == (7, 8)
 
 
 def test_controller_value_error_is_invalid_value() -> None:
@@ -160,7 +168,7 @@ def test_controller_value_error_is_invalid_value() -> None:
 
 def test_kill_and_killall() -> None:
     ctl = MemoryController()
-    assert run(ctl, "kill 4711 4711 12345 0") == ["OK"]
+    assert run(ctl, "kill 4711 4711 12345 0 abc") == ["OK"]  # others are passed over
     assert ctl.stopped_pids == [4711, 12345]
     assert run(ctl, "killall a My::Workers::Two::scale_image a") == ["OK"]
     assert run(ctl, "killall *") == ["OK"]

@@ -28,7 +28,8 @@ from gearman_driver.console import (
     RECV_SIZE,
     ConsoleServer,
 )
-from tests.unit.test_console_commands import STATUS
+from gearman_driver.console_commands import COMMANDS
+from tests.unit.test_console_commands import SHOW_A, STATUS
 from tests.unit.test_console_support import (
     Client,
     Job,
@@ -63,9 +64,9 @@ def healthy(server: ConsoleServer) -> None:
 def test_status_show_help_over_tcp(console: ConsoleServer) -> None:
     c = Client(console.address)
     assert c.ask("status") == STATUS
-    assert c.ask("show a") == [STATUS[2]]
+    assert c.ask("show a") == [SHOW_A]
     assert c.ask("show nope") == ["ERR invalid_job_name: nope"]
-    assert len(c.ask("help")) == 10
+    assert len(c.ask("help")) == len(COMMANDS)
     c.close()
 
 
@@ -83,7 +84,7 @@ def test_commands_change_the_controller(console: ConsoleServer, ctl: MemoryContr
 def test_crlf_blank_lines_pipelining(console: ConsoleServer) -> None:
     c = Client(console.address)
     c.send(b"\r\n\n   \nshow a\r\nbogus\nstat")
-    assert c.reply() == [STATUS[2]]
+    assert c.reply() == [SHOW_A]
     assert c.reply() == ["ERR unknown_command: bogus"]
     c.send(b"us\n")
     assert c.reply() == STATUS
@@ -101,7 +102,7 @@ def test_last_line_without_newline_is_answered_at_eof(console: ConsoleServer) ->
     c = Client(console.address)
     c.send("show a")
     c.sock.shutdown(socket.SHUT_WR)
-    assert c.reply() == [STATUS[2]]
+    assert c.reply() == [SHOW_A]
     assert c.closed()
 
 
@@ -169,7 +170,7 @@ def test_fifty_concurrent_clients(console: ConsoleServer) -> None:
 def test_connection_limit(console: ConsoleServer) -> None:
     clients = [Client(console.address) for _ in range(MAX_CONNECTIONS)]
     for c in clients:
-        assert c.ask("show a") == [STATUS[2]]
+        assert c.ask("show a") == [SHOW_A]
     extra = [Client(console.address) for _ in range(3)]
     for c in extra:
         assert c.reply() == [f"ERR too_many_connections: max {MAX_CONNECTIONS}"]
@@ -239,7 +240,7 @@ def test_idle_timeout(ctl: MemoryController, caplog: pytest.LogCaptureFixture) -
     server, loop = start_server(ctl, idle_timeout=0.3)
     try:
         c = Client(server.address)
-        assert c.ask("show a") == [STATUS[2]]
+        assert c.ask("show a") == [SHOW_A]
         assert c.closed()
         assert "idle for" in caplog.text
     finally:
@@ -329,7 +330,7 @@ def test_close_in_child_leaves_parent_serving(ctl: MemoryController, tmp_path: P
     try:
         assert os.path.exists(path)
         assert c.ask("status") == STATUS
-        assert Client(path).ask("show a") == [STATUS[2]]
+        assert Client(path).ask("show a") == [SHOW_A]
     finally:
         stop_server(server, loop)
 
