@@ -148,6 +148,15 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'all 8 clients get `slept 3`, the master exits 0 before graceful_timeout, no '
         'child survives, nothing re-queued',
     ),
+    (
+        '`test_startup_errors.py`',
+        'the daemon started with a pid file in a missing directory, a directory, a FIFO or a '
+        'planted symlink (to a 0600 file) as pid file, a planted symlink as log file, a '
+        'console socket in a missing directory, a symlink or a regular file at the console '
+        'socket path, and a console port another socket listens on.',
+        'exit 73 (78 for the log file), exactly one stderr line naming the path or port and '
+        'the reason, no traceback; the symlinks\' target unchanged (contents and mode)',
+    ),
 ]
 
 SCENARIOS = """\
@@ -220,7 +229,8 @@ check.
 
 ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "processes die",
          "poison job, gearmand --job", "poison job, gearmand default", "max_jobs_per_process",
-         "bad config", "console abuse", "SIGTERM"]
+         "bad config", "console abuse", "SIGTERM", "process ceiling", "fork fails",
+         "console control", "console flood", "start-up error"]
 
 
 def run_suite(figures: Path, extra: list[str]) -> tuple[float, str]:

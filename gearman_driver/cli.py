@@ -2,7 +2,8 @@
 
 Exit statuses: 0 after a clean shutdown or a good `--check-config`; 64 (EX_USAGE) for a bad
 command line; 78 (EX_CONFIG) for a config or worker-loading mistake, reported in one line;
-75 (EX_TEMPFAIL) when the pid file is held by another running instance.
+75 (EX_TEMPFAIL) when the pid file is held by another running instance; 73 (EX_CANTCREAT) when
+the pid file or the console's socket or port cannot be created (see :mod:`gearman_driver.paths`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gearman_driver.driver import Driver
     from gearman_driver.jobs import LoadError
     from gearman_driver.logs import setup_logging
+    from gearman_driver.paths import EX_CANTCREAT, CannotCreate, describe_path_error
     from gearman_driver.pidfile import PidFile, PidFileLocked
 
     command = parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -51,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
         except OSError as exc:
             raise settings.error(("logfile",), f"expected a file that can be opened for "
-                                 f"appending, got {settings.logfile!r} ({exc.strerror})"
+                                 f"appending, got {settings.logfile!r} "
+                                 f"({describe_path_error(settings.logfile or '', exc)})"
                                  ) from exc
         driver = Driver(settings)
         driver.cli_overrides = command.overrides
@@ -71,11 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PidFileLocked as exc:
         _print_error(str(exc))
         return EX_TEMPFAIL
+    except CannotCreate as exc:
+        _print_error(str(exc))
+        return EX_CANTCREAT
     try:
         if settings.daemonize:
             _daemonize(pidfile)
             setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
         return driver.run()
+    except CannotCreate as exc:  # the console's socket or port, before any process is forked
+        _print_error(str(exc))
+        return EX_CANTCREAT
     finally:
         if pidfile:
             pidfile.release()

@@ -26,6 +26,7 @@ from .console_commands import (
     Reply,
     handle_line,
 )
+from .paths import CannotCreate, describe_path_error, kind_of
 
 __all__ = ["ConsoleServer", "Controller", "JobRow", "ProcessRow"]
 
@@ -309,7 +310,8 @@ class ConsoleServer:
         return len(self.conns)
 
     def open(self) -> None:
-        """Bind and listen; on OSError (port in use, live socket file) nothing is left open."""
+        """Bind and listen; on CannotCreate (port in use, live socket file, a path that is not
+        a socket) nothing is left open."""
         try:
             if self.port is not None:
                 self._tcp = self._bind_tcp(self.host, self.port)
@@ -335,6 +337,10 @@ class ConsoleServer:
             sock.bind(addr)
             sock.listen(128)
             sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise CannotCreate(exc.errno, f"console_port {port} on {host or '*'}: "
+                                          f"{exc.strerror or exc}") from None
         except BaseException:
             sock.close()
             raise
@@ -344,14 +350,25 @@ class ConsoleServer:
 
     def _bind_unix(self, path: str) -> socket.socket:
         """Bind with mode 0600 from the start (umask, not a later chmod, so there is no window)
-        after removing a stale socket file; refuse a live one or a non-socket."""
+        after removing a stale socket file; refuse a live one or a non-socket (a symlink too:
+        lstat, so a planted link never makes us unlink or bind somewhere else)."""
+        try:
+            return self._bind_unix_path(path)
+        except CannotCreate:
+            raise
+        except OSError as exc:
+            raise CannotCreate(exc.errno, f"console_socket {path}: "
+                                          f"{describe_path_error(path, exc)}") from None
+
+    def _bind_unix_path(self, path: str) -> socket.socket:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             st = None
         if st is not None:
             if not stat.S_ISSOCK(st.st_mode):
-                raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+                raise CannotCreate(errno.EEXIST, f"console_socket {path}: is "
+                                                 f"{kind_of(st.st_mode)}, not a socket")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             probe.settimeout(1.0)
             try:
@@ -359,7 +376,8 @@ class ConsoleServer:
             except (ConnectionRefusedError, FileNotFoundError):
                 os.unlink(path)  # stale: its server is gone
             else:
-                raise OSError(errno.EADDRINUSE, f"console socket {path} is in use")
+                raise CannotCreate(errno.EADDRINUSE, f"console_socket {path}: in use by a "
+                                                     "running server")
             finally:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

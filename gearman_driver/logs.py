@@ -9,6 +9,7 @@ When stderr is the systemd journal (`JOURNAL_STREAM`), each line starts with its
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -99,6 +100,17 @@ def stderr_is_journal(stream: IO[str] | None = None) -> bool:
     return info.st_dev == device and info.st_ino == inode
 
 
+class _NoFollowFileHandler(logging.FileHandler):
+    """Appends to the log file without following a final symlink: a root daemon logging into a
+    directory others can write to must not append to whatever file a planted link names."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, 0o644)
+        return io.TextIOWrapper(io.FileIO(fd, "a"), encoding=self.encoding,
+                                errors=self.errors, write_through=False)
+
+
 _handler: logging.Handler | None = None
 
 
@@ -113,7 +125,7 @@ def setup_logging(level: str = "INFO", logfile: str | None = None,
     handler: logging.Handler
     journal = False
     if logfile:
-        handler = logging.FileHandler(logfile, encoding="utf-8")
+        handler = _NoFollowFileHandler(logfile, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
         journal = stderr_is_journal()

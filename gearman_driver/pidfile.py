@@ -1,12 +1,18 @@
 """A locked pid file: a second instance on the same file exits with a clear error.
 
 The lock (flock) dies with the process, so a stale file after a crash never blocks a start.
+The file is opened without following a final symlink and must be a regular file: the pid file
+often sits in a directory others can write to, and a root daemon that followed a planted link
+would truncate whatever file the link names.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
+
+from gearman_driver.paths import CannotCreate, describe_path_error, kind_of
 
 
 class PidFileLocked(Exception):
@@ -21,7 +27,18 @@ class PidFile:
     def acquire(self, write: bool = True) -> None:
         """Lock the file; write our pid now, or (write=False) later, once daemonized, so that
         nobody ever reads the pid of the parent that is about to exit."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise CannotCreate(f"pidfile {self.path}: {describe_path_error(self.path, exc)}"
+                               ) from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise CannotCreate(f"pidfile {self.path}: is {kind_of(mode)}, expected a regular "
+                               "file")
+        os.set_blocking(fd, True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
