@@ -54,8 +54,9 @@ def to_result_bytes(function: str, value: Any) -> bytes:
 
 
 def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
-                after_job: Callable[[], None]) -> JobRunner:
-    """Wraps one job method: decode, begin hook, the method, end hook, encode, scoreboard."""
+                after_job: Callable[[], None], index: int = 0) -> JobRunner:
+    """Wraps one job method: decode, begin hook, the method, end hook, encode, scoreboard.
+    `index` is the method's place in the job, under which the scoreboard counts its jobs."""
     worker = spec.worker
     body, encode, decode, function = method.body, method.encode, method.decode, method.function
 
@@ -78,7 +79,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
                           job.handle.decode("ascii", "replace"), error)
             return JobResult("exception", error.encode("utf-8", "replace"))
         finally:
-            writer.job_finished(error)
+            writer.job_finished(error, index)
             after_job()
 
     return run
@@ -152,7 +153,8 @@ def run_child(
             registered.discard(server)
             writer.set_registered(len(registered))
 
-        runners = {m.function: make_runner(spec, m, writer, after_job) for m in spec.methods}
+        runners = {m.function: make_runner(spec, m, writer, after_job, index)
+                   for index, m in enumerate(spec.methods)}
         backend = backend_class(backend_name)(
             servers,
             client_id(master_pid, spec.name, pid),

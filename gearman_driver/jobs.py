@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gearman_driver.scoreboard import Counters
 from gearman_driver.worker import Worker
 
 
@@ -59,6 +60,8 @@ class Process:
     stopping: bool = False
     stop_reason: str = ""
     kill_at: float | None = None  # monotonic deadline for SIGKILL after a graceful stop
+    cause: str = ""  # why the master first asked it to go (stop_reason may change on a kill)
+    max_jobs: int = 0  # it exits by itself after this many jobs (0: never)
 
 
 @dataclass
@@ -73,8 +76,14 @@ class Job:
     last_run: float = 0.0  # epoch seconds
     last_error: float = 0.0
     last_error_msg: str = ""
-    failed_starts: int = 0
+    failed_starts: int = 0  # in a row; reset by a process that works
     next_start_at: float = 0.0  # monotonic; backoff after failed starts
+    # Totals since the master started, for the metrics (live processes add their slots).
+    counters: Counters = field(default_factory=Counters.zero)  # of processes that exited
+    starts_total: int = 0
+    failed_starts_total: int = 0
+    timeouts_total: int = 0
+    recycled_total: dict[str, int] = field(default_factory=dict)  # reason -> count
 
     @property
     def name(self) -> str:

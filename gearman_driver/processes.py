@@ -25,6 +25,10 @@ FAILED_START_WINDOW = 5.0
 BACKOFF_BASE = 1.0
 POISON_BACKOFF_BASE = 0.1
 BACKOFF_CAP = 60.0
+#: Why a replaced process went (gearman_driver_recycled_total's reason), by the cause the
+#: master gave; a process that exits by itself is "max_jobs" or "died".
+RECYCLE_REASONS = {"reload": "reload", "re-exec": "reload", "job timeout": "job_timeout",
+                   "console kill": "console", "console killall": "console"}
 FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
                 signal.SIGUSR1, signal.SIGUSR2}
 
@@ -100,7 +104,9 @@ class ProcessManager:
         finally:
             if os.getpid() == self.master_pid:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        self.jobs.add_process(job, Process(pid, slot, job.name, time.monotonic()))
+        self.jobs.add_process(job, Process(pid, slot, job.name, time.monotonic(),
+                                           max_jobs=max_jobs))
+        job.starts_total += 1
         log.info("started process %d for %s (%s)", pid, job.name, reason)
         return pid
 
@@ -111,13 +117,15 @@ class ProcessManager:
             return
         now = time.monotonic() if now is None else now
         process.stopping = True
-        process.stop_reason = reason
+        process.stop_reason = process.cause = reason
         process.kill_at = now + self._graceful_timeout()
         self._signal(process.pid, signal.SIGTERM)
         log.info("stopping process %d of %s (%s)", process.pid, process.job, reason)
 
     def kill(self, process: Process, reason: str) -> None:
         """SIGKILL: for a process past its graceful deadline or its job timeout."""
+        if not process.stopping:
+            process.cause = reason
         process.stopping = True
         process.stop_reason = reason
         process.kill_at = None
@@ -146,6 +154,7 @@ class ProcessManager:
                     log.error("job %s of %s ran %.1fs, over its timeout of %gs: killing "
                               "process %d", view.handle or "?", job.name,
                               wall - view.job_started, timeout, process.pid)
+                    job.timeouts_total += 1
                     self.kill(process, "job timeout")
 
     # -- reap ------------------------------------------------------------------------------
@@ -165,6 +174,7 @@ class ProcessManager:
                 continue
             job, process = found
             view = self.scoreboard.read(process.slot)
+            job.counters.add(self.scoreboard.counters(process.slot))
             self.scoreboard.release(process.slot)
             self._fold(job, view)
             self._after_exit(job, process, view, status, now)
@@ -185,6 +195,7 @@ class ProcessManager:
         if process.stopping:
             log.info("process %d of %s exited (%s; %s)", process.pid, job.name,
                      process.stop_reason, how)
+            _count_recycled(job, RECYCLE_REASONS.get(process.cause))
             return
         lived = now - process.started
         if lived < FAILED_START_WINDOW and view.jobs_done == 0:
@@ -192,6 +203,7 @@ class ProcessManager:
             # replacement, so replacing at once would fork as fast as the job kills. Such a
             # process did start, so its backoff ramps from a shorter first step.
             job.failed_starts += 1
+            job.failed_starts_total += 1
             base = POISON_BACKOFF_BASE if view.state == State.BUSY else BACKOFF_BASE
             delay = min(BACKOFF_CAP, base * 2.0 ** (job.failed_starts - 1))
             job.next_start_at = now + delay
@@ -207,3 +219,11 @@ class ProcessManager:
                 else logging.WARNING
             log.log(level, "process %d of %s exited after %d jobs (%s); replacing it",
                     process.pid, job.name, view.jobs_done, how)
+            recycled = level == logging.INFO and process.max_jobs and \
+                view.jobs_done >= process.max_jobs
+            _count_recycled(job, "max_jobs" if recycled else "died")
+
+
+def _count_recycled(job: Job, reason: str | None) -> None:
+    if reason is not None:
+        job.recycled_total[reason] = job.recycled_total.get(reason, 0) + 1

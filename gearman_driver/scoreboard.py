@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import struct
 import time
+from bisect import bisect_left
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -43,7 +44,42 @@ _DONE = struct.Struct("<Q")  # jobs_done
 _ENDS = struct.Struct("<dd")  # last_end, last_end_mono
 _ERROR = struct.Struct(f"<dH{ERROR_BYTES}s")  # last_error, error_len, error
 _HANDLE = struct.Struct(f"<H{HANDLE_BYTES}s")
-_SLOT_SIZE = (_LAYOUT.size + 63) // 64 * 64
+#: Upper bounds (seconds) of the job duration histogram's buckets, suited to jobs of a few
+#: milliseconds to minutes; a last bucket (+Inf) takes the rest.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0)
+#: Functions of one job counted apart; a process group with more shares the last entry.
+MAX_FUNCTIONS = 32
+_N_BUCKETS = len(DURATION_BUCKETS) + 1
+# The counters follow the fields, 8-byte aligned: the duration sum, then the histogram
+# buckets (not cumulative), then (complete, failed) per function index of the job.
+_COUNTERS_AT = (_LAYOUT.size + 7) // 8 * 8
+_COUNTERS = struct.Struct(f"=d{_N_BUCKETS + 2 * MAX_FUNCTIONS}Q")  # native: memoryview casts
+_ZERO_COUNTERS = bytes(_COUNTERS.size)
+_SLOT_SIZE = (_COUNTERS_AT + _COUNTERS.size + 63) // 64 * 64
+
+
+@dataclass(slots=True)
+class Counters:
+    """Finished jobs of one slot, or their sum over many: what the metrics report.
+
+    ``buckets[i]`` counts jobs that took at most ``DURATION_BUCKETS[i]`` seconds and more than
+    the bound before it (the last, +Inf, the rest); ``outcomes[2 * f]`` and
+    ``outcomes[2 * f + 1]`` count complete and failed jobs of the job's function ``f``.
+    """
+
+    duration_sum: float
+    buckets: list[int]
+    outcomes: list[int]
+
+    @classmethod
+    def zero(cls) -> Counters:
+        return cls(0.0, [0] * _N_BUCKETS, [0] * (2 * MAX_FUNCTIONS))
+
+    def add(self, other: Counters) -> None:
+        self.duration_sum += other.duration_sum
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.outcomes = [a + b for a, b in zip(self.outcomes, other.outcomes, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +120,20 @@ class Scoreboard:
         return slot
 
     def release(self, slot: int) -> None:
-        """Give a slot back once its process has been reaped."""
+        """Give a slot back once its process has been reaped (fold its counters first)."""
         self._write(slot, 0, State.FREE, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"")
         self._free.append(slot)
+
+    def counters(self, slot: int) -> Counters:
+        """A consistent copy of a slot's job counters (same retry rule as `read`)."""
+        offset = slot * _SLOT_SIZE
+        for _ in range(1000):
+            seq = _HEAD.unpack_from(self._mem, offset)[0]
+            values = _COUNTERS.unpack_from(self._mem, offset + _COUNTERS_AT)
+            if seq % 2 == 0 and _HEAD.unpack_from(self._mem, offset)[0] == seq:
+                break
+        return Counters(values[0], list(values[1:1 + _N_BUCKETS]),
+                        list(values[1 + _N_BUCKETS:]))
 
     def read(self, slot: int) -> SlotView:
         offset = slot * _SLOT_SIZE
@@ -120,13 +167,17 @@ class Scoreboard:
             self._mem, offset, seq + 1, pid, state, registered, jobs_done, started, job_started,
             last_end, last_end_mono, last_error, len(error), error, len(handle), handle,
         )
+        if state in (State.FREE, State.STARTING):  # a new or reused slot counts from zero
+            start = offset + _COUNTERS_AT
+            self._mem[start:start + _COUNTERS.size] = _ZERO_COUNTERS
         _HEAD.pack_into(self._mem, offset, seq + 2)
 
 
 class SlotWriter:
     """The child's handle on its own slot: the only writer of that slot while the child lives,
-    so it keeps the sequence counter itself and rewrites only the fields that changed
-    (a few struct writes per job, no read)."""
+    so it keeps the sequence counter and its counters itself and rewrites only the fields that
+    changed (a few struct writes per job, no read). The counters are written through typed
+    views of the slot: an item store costs less than a `pack_into`."""
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self._mem = board._mem
@@ -134,6 +185,13 @@ class SlotWriter:
         self.slot = slot
         self._seq = _HEAD.unpack_from(self._mem, self._base)[0]
         self.jobs_done = 0
+        self._job_started = time.monotonic()
+        start = self._base + _COUNTERS_AT
+        area = memoryview(self._mem)[start:start + _COUNTERS.size]
+        self._sum_view = area[:8].cast("d")
+        self._count_view = area[8:].cast("Q")  # buckets, then outcomes
+        self._duration_sum = 0.0
+        self._counts = [0] * (_N_BUCKETS + 2 * MAX_FUNCTIONS)
 
     def _begin(self) -> int:
         self._seq += 1  # odd: a reader retries until the write is over
@@ -157,18 +215,31 @@ class SlotWriter:
 
     def job_started(self, handle: bytes = b"") -> None:
         mem, base = self._mem, self._begin()
+        self._job_started = time.monotonic()
         _STATE.pack_into(mem, base + _OFFSET["state"], State.BUSY)
         _DOUBLE.pack_into(mem, base + _OFFSET["job_started"], time.time())
         handle = handle[:HANDLE_BYTES]
         _HANDLE.pack_into(mem, base + _OFFSET["handle_len"], len(handle), handle)
         self._end()
 
-    def job_finished(self, error: str | None = None) -> None:
-        now = time.time()
+    def job_finished(self, error: str | None = None, function: int = 0) -> None:
+        """The job in hand is over: count it, by `function` (its index in the job) and outcome
+        (failed when `error` is given), and its duration into the histogram."""
+        now, mono = time.time(), time.monotonic()
         self.jobs_done += 1
         mem, base = self._mem, self._begin()
         _DONE.pack_into(mem, base + _OFFSET["jobs_done"], self.jobs_done)
-        _ENDS.pack_into(mem, base + _OFFSET["last_end"], now, time.monotonic())
+        _ENDS.pack_into(mem, base + _OFFSET["last_end"], now, mono)
+        duration = mono - self._job_started
+        counts, view = self._counts, self._count_view
+        index = bisect_left(DURATION_BUCKETS, duration)
+        counts[index] += 1
+        view[index] = counts[index]
+        index = _N_BUCKETS + 2 * min(function, MAX_FUNCTIONS - 1) + (error is not None)
+        counts[index] += 1
+        view[index] = counts[index]
+        self._duration_sum += duration
+        self._sum_view[0] = self._duration_sum
         if error is not None:
             text = " ".join(error.split()).encode("utf-8", "replace")[:ERROR_BYTES]
             _ERROR.pack_into(mem, base + _OFFSET["last_error"], now, len(text), text)

@@ -1,0 +1,201 @@
+"""The metrics collector: scoreboard counters, folded totals and the snapshot, as exposed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from types import MappingProxyType
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gearman_driver.jobs import JobSpec, JobTable, MethodSpec, Process
+from gearman_driver.looplag import LoopLag
+from gearman_driver.metrics import MetricsSource, exposition, make_registry
+from gearman_driver.observer import FunctionStatus, Snapshot
+from gearman_driver.processes import ProcessManager
+from gearman_driver.scoreboard import MAX_FUNCTIONS, Counters, Scoreboard
+from gearman_driver.worker import Worker
+from tests.gearmand_util import wait_for
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def body(job: object, workload: bytes) -> bytes:
+    return workload
+
+
+def spec(name: str, functions: list[str], low: int = 1, high: int = 4) -> JobSpec:
+    return JobSpec(name, Worker(server="s"), "tests.W", tuple(MethodSpec(f, body)
+                                                             for f in functions), low, high)
+
+
+def scrape(source: MetricsSource, accept: str = "") -> Samples:
+    text, content_type = exposition(make_registry(source), accept)
+    assert content_type.startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples}
+
+
+def source_for(jobs: JobTable, board: Scoreboard, snapshot: Snapshot | None = None,
+               reloads: dict[str, int] | None = None) -> MetricsSource:
+    return MetricsSource(jobs=jobs, scoreboard=lambda: board, snapshot=lambda: snapshot,
+                         backend=lambda: "native", reloads=reloads or {},
+                         loop_lag=lambda: 0.25)
+
+
+def run_jobs(board: Scoreboard, slot: int, jobs: list[tuple[int, str | None, float]]) -> None:
+    """As a child does: (function index, error, seconds it took) per job."""
+    writer = board.child_writer(slot)
+    writer.ready(os.getpid())
+    for function, error, seconds in jobs:
+        writer.job_started(b"H:1")
+        writer._job_started -= seconds  # as if the job had begun `seconds` ago
+        writer.job_finished(error, function)
+
+
+def job_table(*specs: JobSpec) -> JobTable:
+    table = JobTable()
+    for one in specs:
+        table.add(one)
+    return table
+
+
+def test_live_slots_and_folded_totals_add_up_per_function_and_result() -> None:
+    board = Scoreboard(8)
+    jobs = job_table(spec("group", ["f.a", "f.b"]), spec("solo", ["s.one"], 0, 2))
+    group = jobs["group"]
+    first, second = board.allocate(), board.allocate()
+    jobs.add_process(group, Process(101, first, "group", 0.0))
+    jobs.add_process(group, Process(102, second, "group", 0.0))
+    run_jobs(board, first, [(0, None, 0.001), (0, "ValueError: x", 0.02), (1, None, 7.0)])
+    run_jobs(board, second, [(1, None, 0.3)])
+    group.counters.add(Counters(1.5, [0] * 7 + [1] + [0] * 8, [3, 0, 0, 1] + [0] * 60))
+    board.child_writer(second).job_started(b"H:2")  # busy now
+
+    samples = scrape(source_for(jobs, board))
+    done = "gearman_driver_jobs_total"
+    assert samples[(done, (("function", "f.a"), ("job_name", "group"), ("result", "complete")))] \
+        == 1 + 3
+    assert samples[(done, (("function", "f.a"), ("job_name", "group"), ("result", "failed")))] \
+        == 1
+    assert samples[(done, (("function", "f.b"), ("job_name", "group"), ("result", "complete")))] \
+        == 2
+    assert samples[(done, (("function", "f.b"), ("job_name", "group"), ("result", "failed")))] \
+        == 1
+    assert samples[(done, (("function", "s.one"), ("job_name", "solo"), ("result", "complete")))] \
+        == 0
+    hist = "gearman_driver_job_duration_seconds"
+    group_label = (("job_name", "group"),)
+    assert samples[(hist + "_count", group_label)] == 5
+    assert samples[(hist + "_sum", group_label)] == pytest.approx(1.5 + 7.321, abs=0.01)
+    assert samples[(hist + "_bucket", (("job_name", "group"), ("le", "0.005")))] == 1
+    assert samples[(hist + "_bucket", (("job_name", "group"), ("le", "0.025")))] == 2
+    assert samples[(hist + "_bucket", (("job_name", "group"), ("le", "0.5")))] == 3
+    assert samples[(hist + "_bucket", (("job_name", "group"), ("le", "1")))] == 4
+    assert samples[(hist + "_bucket", (("job_name", "group"), ("le", "10")))] == 5
+    assert samples[(hist + "_bucket", (("job_name", "group"), ("le", "+Inf")))] == 5
+    assert samples[("gearman_driver_processes", group_label)] == 2
+    assert samples[("gearman_driver_processes_busy", group_label)] == 1
+    assert samples[("gearman_driver_processes", (("job_name", "solo"),))] == 0
+    assert samples[("gearman_driver_min_processes", (("job_name", "solo"),))] == 0
+    assert samples[("gearman_driver_max_processes", (("job_name", "solo"),))] == 2
+
+
+def test_gearmand_snapshot_master_counters_and_build_info() -> None:
+    board = Scoreboard(2)
+    jobs = job_table(spec("solo", ["s.one"]))
+    solo = jobs["solo"]
+    solo.starts_total, solo.failed_starts_total, solo.timeouts_total = 7, 2, 1
+    solo.recycled_total.update({"max_jobs": 3, "died": 1})
+    snapshot = Snapshot(
+        taken_at=time.monotonic() - 3.0, servers_up=(("127.0.0.1", 4730),),
+        servers_down=(("::1", 4731),),
+        functions=MappingProxyType({"s.one": FunctionStatus("s.one", 10, 4, 4)}), workers=(),
+    )
+    samples = scrape(source_for(jobs, board, snapshot, {"ok": 2, "failed": 1}))
+    label = (("job_name", "solo"),)
+    assert samples[("gearman_driver_gearmand_jobs_waiting", (("function", "s.one"),))] == 6
+    assert samples[("gearman_driver_gearmand_up", (("server", "127.0.0.1:4730"),))] == 1
+    assert samples[("gearman_driver_gearmand_up", (("server", "[::1]:4731"),))] == 0
+    assert 3.0 <= samples[("gearman_driver_gearmand_scrape_age_seconds", ())] < 60
+    assert samples[("gearman_driver_process_starts_total", label)] == 7
+    assert samples[("gearman_driver_failed_starts_total", label)] == 2
+    assert samples[("gearman_driver_job_timeouts_total", label)] == 1
+    recycled = "gearman_driver_recycled_total"
+    assert samples[(recycled, (("job_name", "solo"), ("reason", "max_jobs")))] == 3
+    assert samples[(recycled, (("job_name", "solo"), ("reason", "died")))] == 1
+    assert samples[(recycled, (("job_name", "solo"), ("reason", "reload")))] == 0
+    assert samples[("gearman_driver_reloads_total", (("result", "ok"),))] == 2
+    assert samples[("gearman_driver_reloads_total", (("result", "failed"),))] == 1
+    assert samples[("gearman_driver_loop_lag_seconds", ())] == 0.25
+    build = [key for key in samples if key[0] == "gearman_driver_build_info"]
+    assert len(build) == 1 and ("backend", "native") in build[0][1]
+    assert samples[("gearman_driver_memory_rss_bytes", ())] > 1_000_000
+    assert samples[("process_resident_memory_bytes", ())] > 1_000_000  # the master's own
+
+
+def test_no_snapshot_yet_means_no_gearmand_samples() -> None:
+    samples = scrape(source_for(job_table(), Scoreboard(1)))
+    assert not [key for key in samples if key[0].startswith("gearman_driver_gearmand_")]
+
+
+def test_openmetrics_when_the_scraper_asks_for_it() -> None:
+    source = source_for(job_table(spec("solo", ["s.one"])), Scoreboard(1))
+    text, content_type = exposition(make_registry(source),
+                                    "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    assert content_type.startswith("application/openmetrics-text")
+    assert text.endswith(b"# EOF\n")
+    assert b'gearman_driver_jobs_total{function="s.one",job_name="solo",result="complete"} 0' \
+        in text
+
+
+def test_a_group_with_more_functions_than_the_slot_holds_reports_the_rest_as_other() -> None:
+    board = Scoreboard(2)
+    names = [f"g.f{i}" for i in range(MAX_FUNCTIONS + 3)]
+    jobs = job_table(spec("big", names))
+    slot = board.allocate()
+    jobs.add_process(jobs["big"], Process(5, slot, "big", 0.0))
+    run_jobs(board, slot, [(MAX_FUNCTIONS + 1, None, 0.0), (0, None, 0.0)])
+    samples = scrape(source_for(jobs, board))
+    done = "gearman_driver_jobs_total"
+    assert samples[(done, (("function", "_other"), ("job_name", "big"),
+                           ("result", "complete")))] == 1
+    assert samples[(done, (("function", "g.f0"), ("job_name", "big"), ("result", "complete")))] \
+        == 1
+
+
+def test_a_reaped_process_keeps_its_counts_and_its_slot_starts_from_zero() -> None:
+    board = Scoreboard(2)
+    jobs = job_table(spec("solo", ["s.one"]))
+    solo = jobs["solo"]
+    manager = ProcessManager(jobs, board, servers=lambda: [], backend=lambda job: "native",
+                             graceful_timeout=lambda: 1.0, max_jobs=lambda job: (0, 0),
+                             close_inherited=lambda: None)
+    slot = board.allocate()
+    pid = os.fork()
+    if pid == 0:
+        run_jobs(board, slot, [(0, None, 0.2), (0, "boom", 0.2)])
+        os.kill(os.getpid(), signal.SIGKILL)  # killed: its slot is all that is left of it
+    jobs.add_process(solo, Process(pid, slot, "solo", time.monotonic() - 60))
+    assert wait_for(lambda: manager.reap(time.monotonic()) > 0)
+    assert solo.counters.outcomes[:2] == [1, 1]
+    assert sum(solo.counters.buckets) == 2
+    assert solo.recycled_total == {"died": 1}
+    assert board.counters(board.allocate()) == Counters.zero()
+    samples = scrape(source_for(jobs, board))
+    assert samples[("gearman_driver_job_duration_seconds_count", (("job_name", "solo"),))] == 2
+
+
+def test_loop_lag_keeps_the_worst_turn_of_the_last_window() -> None:
+    lag = LoopLag(period=0.2, window=10.0)
+    lag.turn(100.0)
+    lag.turn(100.1)  # early: an event woke the loop
+    assert lag.value(100.1) == 0.0
+    lag.turn(102.3)  # 2.2 s after the last turn: 2 s late
+    lag.turn(102.5)
+    assert lag.value(105.0) == pytest.approx(2.0)
+    assert lag.value(115.0) == pytest.approx(2.0)  # still seen one window later
+    assert lag.value(125.0) == 0.0
