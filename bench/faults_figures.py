@@ -132,6 +132,16 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'never raises anything else',
     ),
     (
+        '`test_config_bounds.py`',
+        'an alias bomb (six levels of ten aliases: 10^6 values inside `worker_options`), a '
+        '50 MB file and a symlink to `/dev/zero` as the config: started with the real CLI, '
+        'and written over a running driver\'s config before a SIGHUP while `status` is '
+        'polled on the console.',
+        'start: exit 78 with one line naming the file (and the key, for the bomb) and '
+        '`(the limit)`; reload: one `reload failed` line, every console poll answered, '
+        'the same processes, no traceback',
+    ),
+    (
         '`test_console_abuse.py`',
         '10 s of three abusive clients on the console: random bytes (up to 64 KiB), 1 MiB'
         ' lines, 10,000 commands whose replies are never read, 100 connections at once '
@@ -229,8 +239,8 @@ check.
 
 ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "processes die",
          "poison job, gearmand --job", "poison job, gearmand default", "max_jobs_per_process",
-         "bad config", "console abuse", "SIGTERM", "process ceiling", "fork fails",
-         "console control", "console flood", "start-up error"]
+         "bad config", "config read bounds", "console abuse", "SIGTERM", "process ceiling",
+         "fork fails", "console control", "console flood", "start-up error"]
 
 
 def run_suite(figures: Path, extra: list[str]) -> tuple[float, str]:

@@ -227,20 +227,48 @@ class Source:
 # --- reading YAML, keeping positions ------------------------------------------------------
 
 
-def _plain(node: Any, active: set[int] | None = None) -> Any:
-    """ruamel's round-trip types to plain Python, so the schema and Settings see dicts and lists."""
-    active = set() if active is None else active
-    if isinstance(node, Mapping | list):
-        if id(node) in active:
+#: Bounds on reading one config file, so that no file can stall or exhaust the daemon (a reload
+#: is read in the master's loop): its size, the values it holds once YAML aliases are expanded
+#: (an "alias bomb" of a few lines can stand for millions), and how deeply they nest.
+MAX_FILE_BYTES = 128 * 1024
+MAX_VALUES = 50_000
+MAX_DEPTH = 32
+
+
+class _TooBig(Exception):
+    """Raised while expanding: where (the path of the value) and what limit was passed."""
+
+    def __init__(self, path: tuple[Any, ...], text: str) -> None:
+        super().__init__(text)
+        self.path, self.text = path, text
+
+
+class _Plain:
+    """ruamel's round-trip types to plain Python, so the schema and Settings see dicts and lists;
+    counts every value (aliases expanded) and the depth against MAX_VALUES and MAX_DEPTH."""
+
+    def __init__(self) -> None:
+        self.active: set[int] = set()
+        self.count = 0
+
+    def convert(self, node: Any, path: tuple[Any, ...] = ()) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise _TooBig(path, f"more than {MAX_VALUES} values once aliases are expanded "
+                                f"(the limit)")
+        if not isinstance(node, Mapping | list):
+            return _scalar(node)
+        if len(path) >= MAX_DEPTH:
+            raise _TooBig(path, f"nested more than {MAX_DEPTH} levels deep (the limit)")
+        if id(node) in self.active:
             raise ValueError("recursive alias")
-        active.add(id(node))
+        self.active.add(id(node))
         try:
             if isinstance(node, Mapping):
-                return {_scalar(k): _plain(v, active) for k, v in node.items()}
-            return [_plain(item, active) for item in node]
+                return {_scalar(k): self.convert(v, path + (k,)) for k, v in node.items()}
+            return [self.convert(item, path + (i,)) for i, item in enumerate(node)]
         finally:
-            active.discard(id(node))
-    return _scalar(node)
+            self.active.discard(id(node))
 
 
 def _scalar(value: Any) -> Any:
@@ -260,21 +288,36 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
     return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
 
 
-def read_source(path: str) -> Source:
-    """Load one file round-trip so every key and value keeps its line and column."""
+def _read_bounded(path: str) -> bytes:
+    """At most MAX_FILE_BYTES: /dev/zero or a 50 MB file is refused without reading it all."""
     try:
         with open(path, "rb") as stream:
-            raw = stream.read()
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: config file larger than {MAX_FILE_BYTES // 1024} KiB "
+                          f"(the limit)")
+    return raw
+
+
+def read_source(path: str) -> Source:
+    """Load one file round-trip so every key and value keeps its line and column."""
+    raw = _read_bounded(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line, col = _line_col(raw[: exc.start].decode("utf-8", "replace"), exc.start)
         raise ConfigError(f"{path}:{line}:{col}: invalid YAML: not UTF-8 text") from None
+    tree = None
     try:
         tree = YAML(typ="rt").load(text)
-        data = _plain(tree)
+        data = _Plain().convert(tree)
+    except _TooBig as exc:  # named at the key holding the list, not deep inside an alias
+        key_path = exc.path[:next((i for i, s in enumerate(exc.path) if isinstance(s, int)),
+                                  len(exc.path))]
+        where = Source(path, None, tree).where(key_path)
+        raise ConfigError(f"{where}: {format_path(key_path)}: {exc.text}") from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"

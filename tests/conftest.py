@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.driver_util import DriverProcess
+from tests.driver_util import DriverProcess, NotifySocket
 from tests.gearmand_util import start_gearmand, stop_gearmand
 
 
@@ -48,3 +48,13 @@ def driver_factory(tmp_path: Path, worker_backend: str | None
     finally:
         for driver in started:
             driver.stop()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    """A stand-in for systemd's NOTIFY_SOCKET; pass env={"NOTIFY_SOCKET": str(notify.path)}."""
+    sock = NotifySocket(tmp_path / "notify.sock")
+    try:
+        yield sock
+    finally:
+        sock.sock.close()

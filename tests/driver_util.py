@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,3 +165,38 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60.0
 
 def settle(seconds: float) -> None:
     time.sleep(seconds)
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+
+    def keys(self) -> list[str]:
+        """The sequence of state messages (READY/RELOADING/STOPPING), in order."""
+        order: list[str] = []
+        for message in self.drain():
+            for key in ("READY", "RELOADING", "STOPPING"):
+                if key in message:
+                    order.append(key)
+        return order
+
+    def statuses(self) -> list[str]:
+        return [m["STATUS"] for m in self.drain() if "STATUS" in m]
+
+    def wait_keys(self, expected: list[str], timeout: float = 15) -> bool:
+        return wait_for(lambda: self.keys()[:len(expected)] == expected, timeout)

@@ -5,63 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.driver_util import alive, run_cli
 from tests.gearmand_util import TestClient, wait_for
 
 PAIR = {"namespaces": ["tw.pair"], "interval": 1}
-
-
-class NotifySocket:
-    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[dict[str, str]] = []
-
-    def drain(self) -> list[dict[str, str]]:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except (TimeoutError, BlockingIOError):
-                return self.messages
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append(fields)
-
-    def keys(self) -> list[str]:
-        """The sequence of state messages (READY/RELOADING/STOPPING), in order."""
-        order: list[str] = []
-        for message in self.drain():
-            for key in ("READY", "RELOADING", "STOPPING"):
-                if key in message:
-                    order.append(key)
-        return order
-
-    def statuses(self) -> list[str]:
-        return [m["STATUS"] for m in self.drain() if "STATUS" in m]
-
-    def wait_keys(self, expected: list[str], timeout: float = 15) -> bool:
-        return wait_for(lambda: self.keys()[:len(expected)] == expected, timeout)
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    try:
-        yield sock
-    finally:
-        sock.sock.close()
 
 
 def pids_by_job(driver: Any) -> dict[str, set[int]]:

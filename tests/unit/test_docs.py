@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from gearman_driver.config import DEFAULTS, schema
+from gearman_driver.config_errors import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
 
 README = Path(__file__).parent.parent.parent / "README.md"
 
@@ -34,3 +35,10 @@ def test_documented_defaults_match_the_code() -> None:
             continue  # shown in words ("none", "stderr", "`[]`")
         shown = f"`{str(value).lower() if isinstance(value, bool) else value}`"
         assert documented.startswith(shown), f"{key}: README says {documented}, code {value!r}"
+
+
+def test_the_config_reading_limits_are_the_documented_ones() -> None:
+    text = " ".join(README.read_text().split())
+    assert f"at most {MAX_FILE_BYTES // 1024} KiB" in text
+    assert f"at most {MAX_VALUES:,} values once YAML aliases are expanded" in text
+    assert f"nested at most {MAX_DEPTH} levels deep" in text
