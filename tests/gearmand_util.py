@@ -30,9 +30,9 @@ def free_port() -> int:
         return port
 
 
-def admin(port: int, command: str, timeout: float = 5.0) -> list[str]:
+def admin(port: int, command: str, timeout: float = 5.0, host: str = "127.0.0.1") -> list[str]:
     """Run one text admin command; return its lines (without the closing '.')."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(command.encode() + b"\n")
         data = b""
         single = command.split()[0] in ("version", "maxqueue", "verbose", "getpid")
@@ -52,14 +52,16 @@ def admin(port: int, command: str, timeout: float = 5.0) -> list[str]:
 
 
 def start_gearmand(
-    tmp_path: Path, *extra_args: str, port: int | None = None, timeout: float = 10.0
+    tmp_path: Path, *extra_args: str, port: int | None = None, timeout: float = 10.0,
+    listen: str = "127.0.0.1",
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start gearmand on a free (or the given) loopback port; return once `version` answers."""
+    """Start gearmand on a free (or the given) loopback port of the `listen` address only;
+    return once `version` answers."""
     port = port or free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
     cmd = [
         GEARMAND,
-        "--listen=127.0.0.1",
+        f"--listen={listen}",
         f"--port={port}",
         f"--log-file={tmp_path / f'gearmand-{port}.log'}",
         f"--pid-file={tmp_path / f'gearmand-{port}.pid'}",
@@ -75,7 +77,7 @@ def start_gearmand(
         if proc.poll() is not None:
             raise RuntimeError(f"gearmand exited with {proc.returncode}: {cmd}")
         try:
-            if admin(port, "version", timeout=0.5):
+            if admin(port, "version", timeout=0.5, host=listen):
                 return proc, port
         except OSError:
             pass
@@ -175,8 +177,9 @@ class TestClient:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, port: int, timeout: float = 30.0, exceptions: bool = False) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 30.0, exceptions: bool = False,
+                 host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.parser = PacketParser()
         self.pending: list[Packet] = []

@@ -16,6 +16,9 @@ from typing import Literal
 
 Server = tuple[str, int]
 
+# Per address of a server's name: a black-holed address must not hold up the next one.
+CONNECT_TIMEOUT = 10.0
+
 
 class GearmanJob(abc.ABC):
     """The job a user's method receives: identity, raw workload, and a way to talk to the client."""

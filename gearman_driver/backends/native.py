@@ -129,8 +129,8 @@ class NativeBackend(WorkerBackend):
                         continue  # closed earlier in this batch
                     try:
                         if conn.state == CONNECTING:
-                            conn.finish_connect()
-                            conn.send(self._hello + self._echo(conn))
+                            if conn.finish_connect():
+                                conn.send(self._hello + self._echo(conn))
                             continue
                         if mask & _EVENT_WRITE:
                             conn.flush_some()
@@ -150,10 +150,21 @@ class NativeBackend(WorkerBackend):
             self._shutdown(sel)
 
     def _connect_due(self, poll_interval: float) -> float:
-        """Start the reconnects that are due; return how long select may sleep."""
+        """Start the reconnects that are due and move connects that took too long on to the
+        next address; return how long select may sleep."""
         timeout = poll_interval
         now = 0.0
         for conn in self._conns:
+            if conn.state == CONNECTING:
+                now = now or time.monotonic()
+                if conn.connect_by <= now:
+                    try:
+                        conn.connect_timed_out()
+                    except OSError as exc:
+                        self._failed(conn, str(exc))
+                        now = time.monotonic()
+                if conn.state == CONNECTING:
+                    timeout = min(timeout, max(conn.connect_by - now, 0.0))
             if conn.state != DOWN:
                 continue
             now = now or time.monotonic()
@@ -269,10 +280,10 @@ class NativeBackend(WorkerBackend):
 
     def _lost(self, conn: ServerConnection, reason: str, level: int) -> None:
         """Close, report and schedule a reconnect; the other servers carry on."""
-        if conn.sock is None:
-            return
-        if conn.state == CONNECTING:
+        if conn.state == CONNECTING:  # every address failed (the socket may be gone already)
             self._failed(conn, reason)
+            return
+        if conn.sock is None:
             return
         log.log(level, "closing connection to %s: %s", conn.label, reason)
         if self._grabbing is conn:

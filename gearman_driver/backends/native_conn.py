@@ -1,7 +1,9 @@
 """One non-blocking connection to one gearmand, for the native backend.
 
 Kept apart from the event loop (native.py) so the loop reads as the worker's state machine
-and this file holds the socket chores: non-blocking connect, buffered writes that never raise
+and this file holds the socket chores: non-blocking connect to each address of the server's
+name in turn (as ``socket.create_connection`` does: ``localhost`` may be ::1 first while
+gearmand listens on 127.0.0.1 only), buffered writes that never raise
 (a write error marks the connection dead and the loop reaps it), reads through the strict
 parser, and the reconnect schedule with capped, jittered exponential backoff.
 """
@@ -9,13 +11,15 @@ parser, and the reconnect schedule with capped, jittered exponential backoff.
 from __future__ import annotations
 
 import errno
+import os
 import random
 import select
 import selectors
 import socket
 import time
+from typing import Any
 
-from gearman_driver.backends.base import GearmanJob, Server
+from gearman_driver.backends.base import CONNECT_TIMEOUT, GearmanJob, Server
 from gearman_driver.protocol import (
     HEADER,
     REQ,
@@ -37,6 +41,7 @@ SLEEPING = 5  # PRE_SLEEP sent; waiting for NOOP
 INITIAL_BACKOFF = 0.1
 RECV_MIN = 65536
 RECV_MAX = 16 * 1024 * 1024
+_Address = tuple[int, int, int, tuple[Any, ...]]  # family, type, proto, sockaddr
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -47,7 +52,7 @@ class ServerConnection:
     __slots__ = (
         "server", "sel", "sock", "parser", "out", "state", "dead", "queued", "token",
         "retry_at", "delay", "max_backoff", "max_packet", "write_timeout", "failures",
-        "_want_write",
+        "_want_write", "addrs", "addr", "errors", "connect_by",
     )
 
     def __init__(
@@ -75,47 +80,84 @@ class ServerConnection:
         self.write_timeout = write_timeout
         self.failures = 0  # consecutive failed attempts, to log only the first
         self._want_write = False
+        self.addrs: list[_Address] = []  # addresses of this attempt not tried yet
+        self.addr: _Address | None = None  # the one being connected to
+        self.errors: list[tuple[str, str]] = []  # (address, reason) of this attempt
+        self.connect_by = 0.0  # monotonic deadline of the connect in progress
 
     @property
     def label(self) -> str:
         return f"{self.server[0]}:{self.server[1]}"
 
     def start_connect(self) -> None:
-        """Begin a non-blocking connect; completion is signalled by writability."""
+        """Resolve the name and begin a non-blocking connect to its first address; completion
+        is signalled by writability. OSError when no address could even be tried."""
         host, port = self.server
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(addr)
-            if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
-                raise OSError(err, errno.errorcode.get(err, str(err)))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-        self.parser = PacketParser(max_size=self.max_packet)
-        self.out.clear()
-        self.dead = None
-        self.state = CONNECTING
-        self._want_write = True
-        self.sel.register(sock, _READ | _WRITE, self)
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        self.addrs = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
+        self.errors = []
+        self._connect_next()
 
-    def finish_connect(self) -> None:
-        """Raise OSError if the connect failed; else switch to reading."""
+    def finish_connect(self) -> bool:
+        """Writable while connecting: True once connected (now reading); False when this
+        address failed and the next one is being tried; OSError when every address failed."""
         assert self.sock is not None
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            raise OSError(err, errno.errorcode.get(err, str(err)))
+            self._next_after(os.strerror(err))
+            return False
         self.state = REGISTERING
         self._want_write = False
         self.sel.modify(self.sock, _READ, self)
+        return True
 
-    def close(self) -> bool:
-        """Drop the socket; True if it was registered (so on_disconnected pairs with
-        on_registered, and a peer that accepts then hangs up is not reported every retry)."""
-        was_up = self.state >= READY
+    def connect_timed_out(self) -> None:
+        """The connect in progress passed its deadline: go on with the next address."""
+        self._next_after(f"no answer in {CONNECT_TIMEOUT:g} s")
+
+    def _next_after(self, reason: str) -> None:
+        if self.addr is not None:
+            self.errors.append((_address_label(self.addr[3]), reason))
+        self._drop_socket()
+        self._connect_next()
+
+    def _connect_next(self) -> None:
+        """Begin connecting to the next untried address; when none is left, OSError naming
+        every address and why it failed (the state stays CONNECTING for the caller)."""
+        self.state = CONNECTING
+        while self.addrs:
+            self.addr = family, kind, proto, addr = self.addrs.pop(0)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                self.errors.append((_address_label(addr), exc.strerror or str(exc)))
+                continue
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                err = sock.connect_ex(addr)
+            except BaseException:
+                sock.close()
+                raise
+            if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
+                sock.close()
+                self.errors.append((_address_label(addr), os.strerror(err)))
+                continue
+            self.sock = sock
+            self.parser = PacketParser(max_size=self.max_packet)
+            self.out.clear()
+            self.dead = None
+            self._want_write = True
+            self.connect_by = time.monotonic() + CONNECT_TIMEOUT
+            self.sel.register(sock, _READ | _WRITE, self)
+            return
+        self.addr = None
+        if len(self.errors) == 1:
+            raise ConnectionError(self.errors[0][1])
+        raise ConnectionError("; ".join(f"{label}: {why}" for label, why in self.errors)
+                              or "the name has no address")
+
+    def _drop_socket(self) -> None:
         if self.sock is not None:
             try:
                 self.sel.unregister(self.sock)
@@ -123,6 +165,12 @@ class ServerConnection:
                 pass
             self.sock.close()
             self.sock = None
+
+    def close(self) -> bool:
+        """Drop the socket; True if it was registered (so on_disconnected pairs with
+        on_registered, and a peer that accepts then hangs up is not reported every retry)."""
+        was_up = self.state >= READY
+        self._drop_socket()
         self.out.clear()
         self.state = DOWN
         return was_up
@@ -239,6 +287,11 @@ class ServerConnection:
         if on != self._want_write and self.sock is not None:
             self._want_write = on
             self.sel.modify(self.sock, _READ | _WRITE if on else _READ, self)
+
+
+def _address_label(addr: tuple[Any, ...]) -> str:
+    """``[::1]:4730`` or ``127.0.0.1:4730``, for the log line that lists the failures."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
 
 
 def result_header(cmd: int, handle: bytes, size: int) -> bytes:

@@ -3,21 +3,31 @@
 - task names are registered as bytes (a str name crashes the worker on the first job);
 - results always reach pygearman as bytes (anything else kills its process);
 - an ECHO round trip after CAN_DO tells us gearmand has registered the functions;
-- `work()` gives up when every server is down: we call it again with a capped backoff.
+- `work()` gives up when every server is down: we call it again with a capped backoff;
+- pygearman connects an IPv4 socket to the name, so only its IPv4 addresses are ever tried:
+  our connection class tries every address in turn, as `socket.create_connection` does.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any
 
 import gearman
+from gearman.connection import GearmanConnection
 from gearman.errors import ServerUnavailable
 from gearman.protocol import GEARMAN_COMMAND_ECHO_REQ
 from gearman.worker_handler import GearmanWorkerCommandHandler
 
-from gearman_driver.backends.base import GearmanJob, JobResult, Server, WorkerBackend
+from gearman_driver.backends.base import (
+    CONNECT_TIMEOUT,
+    GearmanJob,
+    JobResult,
+    Server,
+    WorkerBackend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +69,22 @@ class _Handler(GearmanWorkerCommandHandler):
         return True
 
 
+class _Connection(GearmanConnection):
+    """Every address of the server's name in turn (IPv6 and IPv4), blocking as pygearman's own
+    connect is, but at most CONNECT_TIMEOUT per address."""
+
+    def _create_client_socket(self) -> None:
+        try:
+            sock = socket.create_connection((self.gearman_host, self.gearman_port),
+                                            timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            self.throw_exception(exception=exc)
+        self.set_socket(sock)
+
+
 class _Worker(gearman.GearmanWorker):
     command_handler_class = _Handler
+    connection_class = _Connection
 
     def __init__(self, backend: PygearmanBackend, host_list: list[str]) -> None:
         super().__init__(host_list=host_list)
