@@ -39,6 +39,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("console_port", "PORT", "management console port, 0 disables it (default: 47300)"),
     ("console_host", "ADDRESS", "management console address (default: 127.0.0.1)"),
     ("console_socket", "PATH", "management console Unix socket"),
+    ("metrics_port", "PORT", "Prometheus metrics port (GET /metrics), 0 disables it (default: 0)"),
+    ("metrics_host", "ADDRESS", "Prometheus metrics address (default: 127.0.0.1)"),
     ("interval", "SECONDS", "seconds between looks at gearmand's queues, 0: no scaling"),
     ("max_idle_time", "SECONDS", "seconds a surplus idle process may live (default: 0)"),
     ("graceful_timeout", "SECONDS", "seconds to finish a job before SIGKILL (default: 30)"),

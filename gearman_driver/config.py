@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "console_port": 47300,
     "console_host": "127.0.0.1",
     "console_socket": None,
+    "metrics_port": 0,
+    "metrics_host": "127.0.0.1",
     "interval": 5,
     "max_idle_time": 0,
     "graceful_timeout": 30,
@@ -77,7 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "job_runtime_attributes": {},
 }
 
-_INT_KEYS = frozenset({"console_port", "max_jobs_per_process", "max_jobs_jitter"})
+_INT_KEYS = frozenset({"console_port", "metrics_port", "max_jobs_per_process", "max_jobs_jitter"})
 _FLOAT_KEYS = frozenset({"interval", "max_idle_time", "graceful_timeout"})
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 _SERVER_ENTRY = re.compile(r"\s*(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]\s]*))(?::(?P<port>\d+))?\s*")
@@ -262,6 +264,8 @@ class Settings:
     console_port: int
     console_host: str
     console_socket: str | None
+    metrics_port: int
+    metrics_host: str
     interval: float
     max_idle_time: float
     graceful_timeout: float
@@ -319,6 +323,8 @@ def _settings(data: Mapping[str, Any], files: Sequence[str], origins: Any) -> Se
         console_port=int(data["console_port"]),
         console_host=data["console_host"],
         console_socket=data["console_socket"],
+        metrics_port=int(data["metrics_port"]),
+        metrics_host=data["metrics_host"],
         interval=float(data["interval"]),
         max_idle_time=float(data["max_idle_time"]),
         graceful_timeout=float(data["graceful_timeout"]),

@@ -62,6 +62,9 @@ class Driver:
         self.selector: selectors.BaseSelector | None = None
         self.autoscaler: Autoscaler | None = None
         self.console: Any = None
+        self.metrics: Any = None  # the metrics endpoint, when metrics_port is set
+        self.loop_lag: Any = None  # fed only while there is a metrics endpoint to read it
+        self.reloads = {"ok": 0, "failed": 0}
         self.scoreboard: Scoreboard | None = None
         self.processes: ProcessManager | None = None
         self.notifier = Notifier()
@@ -170,6 +173,8 @@ class Driver:
 
     def _turn(self) -> None:
         assert self.selector is not None and self.processes is not None
+        if self.loop_lag is not None:
+            self.loop_lag.turn(time.monotonic())
         for key, mask in self.selector.select(TURN_SECONDS):
             key.data(mask)
         now = time.monotonic()
@@ -185,8 +190,8 @@ class Driver:
                 self._check_ready(now)
         self.processes.enforce_deadlines(now)
         self.autoscaler.tick(now, polling=active)
-        if self.console is not None:
-            self.console.tick(now)
+        for server in self._servers():
+            server.tick(now)
         self.notifier.tick(now, self.status_line)
         if now - self._last_gc > 60:
             gc.collect()  # frozen objects are skipped: only the master's own garbage
@@ -218,6 +223,13 @@ class Driver:
         )
         self.autoscaler = Autoscaler(self, self.selector, freeze=self._freeze)
         self._open_console()
+        self._open_metrics()
+
+    def _open_metrics(self) -> None:
+        if self.settings.metrics_port:  # else not even imported: metrics off costs nothing
+            from gearman_driver.metrics import open_endpoint
+
+            self.metrics = open_endpoint(self, TURN_SECONDS)
 
     def _open_console(self) -> None:
         if not self.settings.console_port and not self.settings.console_socket:
@@ -236,6 +248,10 @@ class Driver:
         )
         self.console.open()
 
+    def _servers(self) -> list[Any]:
+        """The console and the metrics endpoint, those that are open."""
+        return [server for server in (self.console, self.metrics) if server is not None]
+
     def _close_in_child(self) -> None:
         """Right after fork: drop the master's sockets, pipe and signal set-up."""
         signal.set_wakeup_fd(-1)
@@ -244,8 +260,8 @@ class Driver:
                 os.close(fd)
         if self.autoscaler is not None:
             self.autoscaler.close_in_child()
-        if self.console is not None:
-            self.console.close_in_child()
+        for server in self._servers():
+            server.close_in_child()
         if self.selector is not None:
             try:
                 self.selector.close()
@@ -260,8 +276,8 @@ class Driver:
             while any(j.processes for j in self.jobs.values()) and time.monotonic() < deadline:
                 self.processes.reap(time.monotonic())
                 time.sleep(0.01)
-        if self.console is not None:
-            self.console.close()
+        for server in self._servers():
+            server.close()
         if self.autoscaler is not None:
             self.autoscaler.close()
         signal.set_wakeup_fd(-1)
@@ -293,7 +309,7 @@ class Driver:
         """SIGHUP: re-read the config files; keep the old configuration if they are invalid."""
         from gearman_driver.reload import apply_reload
 
-        apply_reload(self)
+        self.reloads["ok" if apply_reload(self) else "failed"] += 1
 
     def _check_ready(self, now: float) -> None:
         """READY=1 once every job's min processes are registered with gearmand, or running
@@ -344,20 +360,21 @@ class Driver:
                 if self._module_stamps.get(name, (path, mtime))[1] != mtime]
 
     def settings_changed(self, old: Settings) -> None:
-        """After a reload: follow a new server list and console address."""
+        """After a reload: follow a new server list, console and metrics address."""
         new = self.settings
         assert self.selector is not None
         if (old.server, old.interval) != (new.server, new.interval) and self.autoscaler:
             self.autoscaler.configure(new)
-        console_keys = ("console_port", "console_host", "console_socket")
-        if any(getattr(old, k) != getattr(new, k) for k in console_keys):
-            if self.console is not None:
-                self.console.close()
-                self.console = None
-            try:
-                self._open_console()
-            except OSError as exc:
-                log.error("cannot open the console on its new address: %s", exc)
+        for attr, keys in (("console", ("console_port", "console_host", "console_socket")),
+                           ("metrics", ("metrics_port", "metrics_host"))):
+            if any(getattr(old, k) != getattr(new, k) for k in keys):
+                if getattr(self, attr) is not None:
+                    getattr(self, attr).close()
+                    setattr(self, attr, None)
+                try:
+                    getattr(self, f"_open_{attr}")()
+                except OSError as exc:
+                    log.error("cannot open the %s on its new address: %s", attr, exc)
 
     def limits_changed(self, name: str) -> None:
         """Console or reload changed a job's limits; every turn applies limits, so log only."""

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -26,10 +27,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from gearman_driver import __version__
 from gearman_driver.jobs import Job
+from gearman_driver.looplag import LoopLag
+from gearman_driver.metrics_http import MetricsServer
 from gearman_driver.observer import Snapshot
 from gearman_driver.scoreboard import DURATION_BUCKETS, MAX_FUNCTIONS, Counters, Scoreboard
 
-__all__ = ["RECYCLE_LABELS", "DriverCollector", "MetricsSource", "exposition", "make_registry"]
+if TYPE_CHECKING:
+    from gearman_driver.driver import Driver
+
+__all__ = ["RECYCLE_LABELS", "DriverCollector", "MetricsSource", "exposition", "make_registry",
+           "open_endpoint"]
 
 #: Every reason of gearman_driver_recycled_total, reported from zero so rate() sees the first.
 RECYCLE_LABELS = ("max_jobs", "job_timeout", "reload", "console", "died")
@@ -190,3 +197,21 @@ def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
     """The body and Content-Type for a scrape: OpenMetrics when `accept` asks for it."""
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type
+
+
+def open_endpoint(driver: Driver, turn_seconds: float) -> MetricsServer:
+    """The driver's metrics endpoint on metrics_host:metrics_port, listening in its loop;
+    from now on the driver feeds the loop lag (turns of `turn_seconds`) at every turn."""
+    assert driver.selector is not None
+    loop_lag = driver.loop_lag = driver.loop_lag or LoopLag(turn_seconds)
+    source = MetricsSource(
+        jobs=driver.jobs, scoreboard=lambda: driver.scoreboard,
+        snapshot=lambda: driver.autoscaler.snapshot if driver.autoscaler is not None else None,
+        backend=lambda: driver.settings.worker_backend, reloads=driver.reloads,
+        loop_lag=lambda: loop_lag.value(time.monotonic()),
+    )
+    registry = make_registry(source)
+    server = MetricsServer(lambda accept: exposition(registry, accept), driver.selector,
+                           host=driver.settings.metrics_host, port=driver.settings.metrics_port)
+    server.open()
+    return server

@@ -86,11 +86,11 @@ class Connection:
         self.process()
 
     def queue(self, data: bytes) -> None:
-        """Add to the output; a client more than OUTPUT_LIMIT behind is dropped."""
+        """Add to the output; a client more than `output_limit` bytes behind is dropped."""
         self.outbuf += data
-        if len(self.outbuf) > OUTPUT_LIMIT:
+        if len(self.outbuf) > self.server.output_limit:
             self.server.log.warning("%s %s: more than %d bytes unread, closing",
-                                    self.server.name, self.peer, OUTPUT_LIMIT)
+                                    self.server.name, self.peer, self.server.output_limit)
             self.drop()
 
     def flush(self) -> None:
@@ -203,7 +203,7 @@ class Listener:
                     return
                 continue  # ECONNABORTED and friends: that client is gone already
             sock.setblocking(False)
-            if len(server.conns) >= server.max_connections:
+            if len(server.conns) >= server.max_connections and not server.make_room():
                 try:
                     sock.send(server.refusal, NOSIGNAL)
                 except OSError:
@@ -236,6 +236,7 @@ class StreamServer:
 
     name = "server"  # in log lines
     refusal = b""  # sent to a connection over max_connections before it is closed
+    output_limit = OUTPUT_LIMIT
 
     def __init__(self, selector: selectors.BaseSelector, *, max_connections: int,
                  idle_timeout: float, log: logging.Logger) -> None:
@@ -249,6 +250,10 @@ class StreamServer:
 
     def connection(self, sock: socket.socket, peer: str, now: float) -> Connection:
         raise NotImplementedError
+
+    def make_room(self) -> bool:
+        """Every connection slot is taken: free one for a newcomer (True), or refuse it."""
+        return False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -273,9 +278,13 @@ class StreamServer:
 
     def bind_tcp(self, host: str, port: int, key: str) -> None:
         """Bind and listen on TCP; CannotCreate names the config `key` ("console_port")."""
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except OSError as exc:  # socket.gaierror: no such host
+            raise CannotCreate(exc.errno, f"{key} {port} on {host or '*'}: "
+                                          f"{exc.strerror or exc}") from None
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

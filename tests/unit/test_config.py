@@ -473,3 +473,13 @@ def test_random_overrides_give_settings_or_one_line_error(overrides: dict[str, A
 def test_schema_file_matches_the_packaged_copy() -> None:
     on_disk = json.loads((REPO / "schema" / "config.schema.json").read_text(encoding="utf-8"))
     assert config.schema() == on_disk
+
+
+def test_metrics_endpoint_keys(tmp_path: Path) -> None:
+    s = load_settings([])
+    assert (s.metrics_port, s.metrics_host) == (0, "127.0.0.1")
+    path = write(tmp_path, "metrics_port: 9731\nmetrics_host: 0.0.0.0\n")
+    s = load_settings([path], {"metrics_port": "9732"})
+    assert (s.metrics_port, s.metrics_host) == (9732, "0.0.0.0")
+    assert error_of([write(tmp_path, "metrics_port: 70000\n")]).endswith(
+        "1:15: metrics_port: expected an integer 0..65535, got 70000")

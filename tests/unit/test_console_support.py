@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gearman_driver.console import ConsoleServer, JobRow, ProcessRow
+from gearman_driver.streamserver import StreamServer
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Loop:
     """The master's loop in miniature: handler(mask) per ready key, tick at least every 50 ms.
     Any exception escaping a handler is recorded; the fixtures fail the test on it."""
 
-    def __init__(self, server: ConsoleServer, selector: selectors.BaseSelector) -> None:
+    def __init__(self, server: StreamServer, selector: selectors.BaseSelector) -> None:
         self.server = server
         self.selector = selector
         self.errors: list[BaseException] = []
@@ -117,7 +118,7 @@ def start_server(ctl: MemoryController, **kw: object) -> tuple[ConsoleServer, Lo
     return server, Loop(server, sel).start()
 
 
-def stop_server(server: ConsoleServer, loop: Loop) -> None:
+def stop_server(server: StreamServer, loop: Loop) -> None:
     loop.stop()
     server.close()
     loop.selector.close()
