@@ -56,9 +56,15 @@ def to_result_bytes(function: str, value: Any) -> bytes:
 def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
                 after_job: Callable[[], None], index: int = 0) -> JobRunner:
     """Wraps one job method: decode, begin hook, the method, end hook, encode, scoreboard.
-    `index` is the method's place in the job, under which the scoreboard counts its jobs."""
+    `index` is the method's place in the job, under which the scoreboard counts its jobs.
+
+    Whatever raises fails the job with a plain WORK_FAIL, which every client understands;
+    the exception text goes only to the log and the scoreboard, and to the client as
+    WORK_EXCEPTION only for a job that opted in (docs/protocol.md says why).
+    """
     worker = spec.worker
     body, encode, decode, function = method.body, method.encode, method.decode, method.function
+    exceptions = method.exceptions
 
     def run(job: GearmanJob) -> JobResult:
         writer.job_started(job.handle)
@@ -77,7 +83,9 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
             error = f"{type(exc).__name__}: {exc}"
             log.exception("job %s (handle %s) failed: %s", function,
                           job.handle.decode("ascii", "replace"), error)
-            return JobResult("exception", error.encode("utf-8", "replace"))
+            if exceptions:
+                return JobResult("exception", error.encode("utf-8", "replace"))
+            return JobResult("fail")
         finally:
             writer.job_finished(error, index)
             after_job()

@@ -26,6 +26,7 @@ from gearman_driver.jobs import Job, JobSpec, JobTable, LoadError, MethodSpec
 from gearman_driver.loader import (
     apply_runtime_attributes,
     coder,
+    exceptions_flag,
     import_callback,
     load_jobs,
     module_stamps,
@@ -81,7 +82,8 @@ class Driver:
     # -- Gearman::Driver's public API --------------------------------------------------------
     def add_job(self, name: str, worker: Worker, methods: Sequence[Mapping[str, Any]],
                 min_processes: int = 1, max_processes: int = 1) -> None:
-        """Register a job without decorators: methods are {"name", "body", "encode", "decode"}."""
+        """Register a job without decorators: methods are {"name", "body", "encode", "decode",
+        "exceptions"}."""
         specs = []
         for method in methods:
             body = method["body"]
@@ -91,6 +93,7 @@ class Driver:
                 function=str(method["name"]), body=bound,
                 encode=coder(worker, f"add_job({name})", method.get("encode"), "encode"),
                 decode=coder(worker, f"add_job({name})", method.get("decode"), "decode"),
+                exceptions=exceptions_flag(f"add_job({name})", method.get("exceptions")),
             ))
         if min_processes > max_processes:
             raise LoadError(f"add_job({name}): min_processes ({min_processes}) is greater than "

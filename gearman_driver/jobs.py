@@ -28,6 +28,7 @@ class MethodSpec:
     body: Callable[..., Any]
     encode: Callable[[Any], Any] | None = None
     decode: Callable[[Any], Any] | None = None
+    exceptions: bool = False  # a raising job sends WORK_EXCEPTION with its text, not WORK_FAIL
 
 
 @dataclass(frozen=True)

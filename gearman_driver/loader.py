@@ -143,6 +143,15 @@ def _check_keys(where: str, attributes: Mapping[str, Any]) -> None:
                         f"(expected one of: {', '.join(ATTRIBUTE_KEYS)})")
 
 
+def exceptions_flag(where: str, value: Any) -> bool:
+    """The `exceptions` attribute: a bool, False when not given."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise LoadError(f"{where}: exceptions must be true or false, got {value!r}")
+    return value
+
+
 def coder(worker: Worker, where: str, value: Any, default: str) -> Callable[[Any], Any] | None:
     if value in (None, False):
         return None
@@ -209,6 +218,7 @@ def job_specs(worker: Worker) -> list[JobSpec]:
                 body=getattr(worker, name),
                 encode=coder(worker, f"{path}.{name}", attrs.get("encode"), "encode"),
                 decode=coder(worker, f"{path}.{name}", attrs.get("decode"), "decode"),
+                exceptions=exceptions_flag(f"{path}.{name}", attrs.get("exceptions")),
             )
             for name, attrs, _ in members
         )

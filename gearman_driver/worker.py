@@ -23,6 +23,7 @@ ATTRIBUTE_KEYS = (
     "timeout",
     "max_jobs_per_process",
     "worker_backend",
+    "exceptions",
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +52,7 @@ def job(
     timeout: float | None = None,
     max_jobs_per_process: int | None = None,
     worker_backend: str | None = None,
+    exceptions: bool | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -65,12 +67,15 @@ def job(
     timeout: float | None = None,
     max_jobs_per_process: int | None = None,
     worker_backend: str | None = None,
+    exceptions: bool | None = None,
 ) -> F | Callable[[F], F]:
     """Mark a method `(self, job, workload)` as a Gearman function.
 
     Bare `@job` means one process (min 1, max 1). `min_processes=0` starts processes only on
     demand; `min_processes=0, max_processes=0` switches the job off. `encode`/`decode`: True uses
     `self.encode`/`self.decode`, a string names another method of the class.
+    `exceptions=True` answers a raising job with WORK_EXCEPTION carrying `"<Type>: <message>"`
+    instead of WORK_FAIL: only for clients that all enable exceptions (docs/protocol.md).
     """
     given = {
         key: value
@@ -83,6 +88,7 @@ def job(
             ("timeout", timeout),
             ("max_jobs_per_process", max_jobs_per_process),
             ("worker_backend", worker_backend),
+            ("exceptions", exceptions),
         )
         if value is not None
     }

@@ -59,9 +59,10 @@ class ServerError(Exception):
 class NativeBackend(WorkerBackend):
     """The worker loop over our codec (gearman_driver.protocol); see the module docstring.
 
-    Results: "complete" -> WORK_COMPLETE; "fail" -> WORK_FAIL; "exception" -> WORK_EXCEPTION
-    alone. gearmand 1.1.20 ends the job on WORK_EXCEPTION and turns it into WORK_FAIL for
-    clients without exceptions enabled; a WORK_FAIL after it would earn an ERROR JOB_NOT_FOUND.
+    Results: "complete" -> WORK_COMPLETE; "fail" -> WORK_FAIL; "exception" (jobs that opted
+    in) -> WORK_EXCEPTION alone. gearmand 1.1.20 ends the job on WORK_EXCEPTION and passes
+    clients without exceptions enabled a malformed WORK_FAIL that several clients choke on; a
+    WORK_FAIL after it would earn an ERROR JOB_NOT_FOUND (docs/protocol.md).
 
     Hooks: on_registered(server) after the ECHO round trip that follows the CAN_DOs, on every
     (re)connect; on_disconnected(server) only for a connection that had been registered, so

@@ -110,8 +110,14 @@ class _Worker(gearman.GearmanWorker):
         if result.status == "complete":
             self.send_job_complete(current_job, result.data)
             return True
-        # pygearman's WORK_EXCEPTION path is unreliable; gearmand reports WORK_FAIL either way.
-        self.send_job_failure(current_job)
+        if result.status == "exception":
+            # WORK_EXCEPTION alone: gearmand 1.1.20 ends the job on it, and pygearman's own
+            # send_job_exception() follows it with a WORK_FAIL that earns an ERROR
+            handler = self._get_handler_for_job(current_job)
+            handler.send_job_exception(current_job, result.data)
+            self.wait_until_updates_sent([current_job])
+        else:
+            self.send_job_failure(current_job)
         return False
 
 

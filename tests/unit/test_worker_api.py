@@ -187,6 +187,10 @@ class Coded(Worker):
     def returns_int(self, job: Any, workload: bytes) -> Any:
         return 7
 
+    @job(exceptions=True)
+    def loud(self, job: Any, workload: bytes) -> Any:
+        raise KeyError(workload.decode())
+
     def decode(self, workload: bytes) -> str:
         return workload.decode()
 
@@ -215,7 +219,7 @@ def test_runner_decodes_hooks_and_encodes_and_records_errors() -> None:
     assert run(FakeJob(b"x")).data == b"{'n': 'x'}"
     assert worker.calls == ["begin:x", "work", "end:x"]
     failed = run(FakeJob(b"raise"))
-    assert failed.status == "exception"
+    assert (failed.status, failed.data) == ("fail", b"")  # the text stays in log and scoreboard
     assert worker.calls[-1] == "end:raise"  # end runs when the job raised
     view = board.read(slot)
     assert view.jobs_done == 2
@@ -225,8 +229,25 @@ def test_runner_decodes_hooks_and_encodes_and_records_errors() -> None:
 def test_runner_fails_a_non_bytes_result_with_function_and_type() -> None:
     run, (board, slot) = runner_for(Coded(server="s"), "c.returns_int")
     result = run(FakeJob(b""))
-    assert result.status == "exception"
+    assert result.status == "fail"
     assert "c.returns_int returned int" in board.read(slot).last_error_msg
+
+
+def test_a_job_with_exceptions_sends_the_exception_text() -> None:
+    run, (board, slot) = runner_for(Coded(server="s"), "c.loud")
+    result = run(FakeJob(b"nope"))
+    assert (result.status, result.data) == ("exception", b"KeyError: 'nope'")
+    assert board.read(slot).last_error_msg == "KeyError: 'nope'"
+
+
+def test_exceptions_attribute_must_be_a_bool() -> None:
+    class Vague(Worker):
+        @job(exceptions="yes")  # type: ignore[arg-type]
+        def a(self, job: Any, workload: bytes) -> bytes:
+            return workload
+
+    with pytest.raises(LoadError, match=r"Vague\.a: exceptions must be true or false, got 'yes'"):
+        job_specs(Vague(server="s"))
 
 
 def test_result_coercion() -> None:
