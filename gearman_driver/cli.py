@@ -4,6 +4,8 @@ Exit statuses: 0 after a clean shutdown or a good `--check-config`; 64 (EX_USAGE
 command line; 78 (EX_CONFIG) for a config or worker-loading mistake, reported in one line;
 75 (EX_TEMPFAIL) when the pid file is held by another running instance; 73 (EX_CANTCREAT) when
 the pid file or the console's socket or port cannot be created (see :mod:`gearman_driver.paths`).
+`gearman-driver reload [--socket PATH | --server HOST:PORT]` asks a running master to reload
+(see reload_client).
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gearman_driver.paths import EX_CANTCREAT, CannotCreate, describe_path_error
     from gearman_driver.pidfile import PidFile, PidFileLocked
 
-    command = parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["reload"]:
+        from gearman_driver.reload_client import main as reload_main
+
+        return reload_main(args[1:])
+    command = parse_args(args)
     try:
         settings = load_settings(command.config_files, command.overrides)
         try:

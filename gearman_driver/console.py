@@ -49,7 +49,7 @@ class _Conn(Connection):
 
     def process(self) -> None:
         """Answer every complete buffered line, unless the client is not keeping up."""
-        while not self.closing and self.sock.fileno() >= 0:
+        while not self.closing and not self.waiting and self.sock.fileno() >= 0:
             if len(self.outbuf) >= OUTPUT_HIGH_WATER:
                 self.flush()
                 if len(self.outbuf) >= OUTPUT_HIGH_WATER:
@@ -72,11 +72,28 @@ class _Conn(Connection):
         self.flush()
 
     def respond(self, reply: Reply) -> None:
+        if reply.later is not None:
+            self.waiting = True
+            reply.later(self.answer_later)
+            return
         if reply.close:
             self.closing = True
             self.inbuf.clear()
         if reply.terminate:
             self.queue("".join(f"{line}\n" for line in (*reply.lines, ".")).encode())
+
+    def answer_later(self, reply: Reply) -> None:
+        """The deferred reply is ready: send it and go on with the client's next commands."""
+        self.waiting = False
+        if self.sock.fileno() < 0:
+            return  # the client went away meanwhile
+        try:
+            self.respond(reply)
+            self.process()
+            self.update_interest()
+        except Exception:  # as in on_event: a bug costs this connection, not the master
+            self.server.log.exception("console connection %s failed", self.peer)
+            self.drop()
 
 
 class ConsoleServer(StreamServer):

@@ -76,14 +76,26 @@ class Controller(Protocol):
 
     def request_shutdown(self) -> None: ...
 
+    def request_reload(self, done: Callable[[str | None], None]) -> None:
+        """Re-read the config; call ``done(None)`` once reloaded, ``done(why)`` if refused."""
+        ...
+
+
+Answer = Callable[["Reply"], None]
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Lines to send (without the final ``.``); ``close`` asks the server to hang up."""
+    """Lines to send (without the final ``.``); ``close`` asks the server to hang up.
+
+    ``later`` defers the answer (``reload`` waits for the outcome of the reload it asked for):
+    the server calls it with a function that sends the real reply, and reads no further
+    command from that client until then."""
 
     lines: tuple[str, ...]
     close: bool = False
     terminate: bool = True  # False for quit: no reply at all, not even "."
+    later: Callable[[Answer], None] | None = None
 
 
 class CommandError(Exception):
@@ -295,6 +307,19 @@ def cmd_shutdown(ctl: Controller, args: list[str]) -> Reply:
     return _ok()
 
 
+def cmd_reload(ctl: Controller, args: list[str]) -> Reply:
+    _args("reload", args, 0)
+
+    def start(answer: Answer) -> None:
+        def done(error: str | None) -> None:
+            answer(_ok() if error is None else
+                   Reply((CommandError("reload_failed", one_line(error)).line,)))
+
+        ctl.request_reload(done)
+
+    return Reply((), later=start)
+
+
 Handler = Callable[[Controller, list[str]], Reply]
 
 COMMANDS: dict[str, tuple[Handler, str, str]] = {
@@ -310,6 +335,7 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "set_processes": (
         cmd_set_processes, "set_processes <job> <min> <max>", "set both limits at once"
     ),
+    "reload": (cmd_reload, "reload", "re-read the config files; OK, or ERR reload_failed: why"),
     "kill": (cmd_kill, "kill <pid> ...", "stop these processes gracefully"),
     "killall": (cmd_killall, "killall <job> ... | killall *", "stop every process of jobs"),
     "help": (cmd_help, "help", "this list"),
@@ -319,7 +345,8 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
 
 
 _CHANGES = frozenset(
-    {"set_min_processes", "set_max_processes", "set_processes", "kill", "killall", "shutdown"}
+    {"set_min_processes", "set_max_processes", "set_processes", "kill", "killall", "shutdown",
+     "reload"}
 )
 
 
@@ -334,7 +361,8 @@ def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "
             raise CommandError("unknown_command", one_line(name))
         reply = entry[0](ctl, args)
         if name in _CHANGES:  # operators want to know who changed what from the journal
-            log.info("console %s: %s -> %s", who, one_line(" ".join(words))[:500], reply.lines[0])
+            log.info("console %s: %s%s", who, one_line(" ".join(words))[:500],
+                     f" -> {reply.lines[0]}" if reply.lines else "")
         return reply
     except CommandError as exc:
         return Reply((exc.line,))

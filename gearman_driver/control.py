@@ -7,7 +7,7 @@ the next poll of gearmand as in Gearman::Driver.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gearman_driver.console_commands import JobRow, ProcessRow
@@ -84,3 +84,6 @@ class DriverControl:
 
     def request_shutdown(self) -> None:
         self.driver.shutdown()
+
+    def request_reload(self, done: Callable[[str | None], None]) -> None:
+        self.driver.request_reload(done)

@@ -59,6 +59,7 @@ class Driver:
         self._loaded = False
         self._stopping = False
         self._reload_requested = False
+        self._reload_waiters: list[Callable[[str | None], None]] = []
         self._last_gc = time.monotonic()
         self.selector: selectors.BaseSelector | None = None
         self.autoscaler: Autoscaler | None = None
@@ -303,7 +304,7 @@ class Driver:
                     log.info("received %s", signal.Signals(signum).name)
                 self.shutdown()
             elif signum == signal.SIGHUP:
-                self._reload_requested = True
+                self.request_reload()
             elif signum == signal.SIGUSR1:
                 reopen_logfile()
                 log.info("log file reopened")
@@ -312,7 +313,21 @@ class Driver:
         """SIGHUP: re-read the config files; keep the old configuration if they are invalid."""
         from gearman_driver.reload import apply_reload
 
-        self.reloads["ok" if apply_reload(self) else "failed"] += 1
+        self.finish_reload(apply_reload(self))
+
+    def request_reload(self, done: Callable[[str | None], None] | None = None) -> None:
+        """Reload on the next turn, as SIGHUP does; ``done`` learns that reload's outcome."""
+        if done is not None:
+            self._reload_waiters.append(done)
+        self._reload_requested = True
+
+    def finish_reload(self, error: str | None) -> None:
+        """The one place a reload's outcome is known: None (applied) or why it was refused.
+        Everyone who asked for this reload (console `reload`, `gearman-driver reload`) is told."""
+        self.reloads["ok" if error is None else "failed"] += 1
+        waiters, self._reload_waiters = self._reload_waiters, []
+        for done in waiters:
+            done(error)
 
     def _check_ready(self, now: float) -> None:
         """READY=1 once every job's min processes are registered with gearmand, or running

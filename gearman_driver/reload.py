@@ -31,15 +31,16 @@ log = logging.getLogger("gearman_driver.reload")
 CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend")
 
 
-def apply_reload(driver: Driver) -> bool:
-    """Re-read and apply the config files; False (and nothing changed) when they are invalid."""
+def apply_reload(driver: Driver) -> str | None:
+    """Re-read and apply the config files; None when applied, else why they were refused
+    (and nothing changed)."""
     old = driver.settings
     driver.notifier.reloading()
     try:
         new = load_settings(old.config_files, driver.cli_overrides)
         if _needs_reexec(driver, old, new):
             if driver.request_reexec():
-                return True  # the new master sends READY=1
+                return None  # the new master sends READY=1
             raise ConfigError("the change needs a restart of gearman-driver (namespaces, lib "
                               "or worker code changed)")
         new_specs = _rebuilt_specs(driver, old, new)
@@ -48,7 +49,7 @@ def apply_reload(driver: Driver) -> bool:
         driver.notifier.override = (f"reload failed: {exc}; "
                                     f"running on the previous configuration")
         driver.notifier.ready()
-        return False
+        return str(exc)
     driver.settings = new
     restart = {name for name, spec in new_specs.items()
                if _restart_needed(driver.jobs[name].spec, spec, old, new)}
@@ -66,7 +67,7 @@ def apply_reload(driver: Driver) -> bool:
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
              f"; restarting {', '.join(sorted(restart))}" if restart else "")
     driver.notifier.ready()
-    return True
+    return None
 
 
 def _needs_reexec(driver: Driver, old: Settings, new: Settings) -> bool:

@@ -42,6 +42,9 @@ class Connection:
         self.closing = False  # no more requests; hang up once the output is flushed
         self.linger_until: float | None = None
         self.events = 0
+        # a reply is being prepared elsewhere (console `reload`): read nothing more, never
+        # hang up or time out before it is sent
+        self.waiting = False
 
     # -- what a protocol provides -------------------------------------------------------------
     def process(self) -> None:
@@ -104,7 +107,8 @@ class Connection:
                 return
             del self.outbuf[:sent]
             self.last_active = time.monotonic()
-        if self.closing and self.linger_until is None and self.sock.fileno() >= 0:
+        if self.closing and not self.waiting and self.linger_until is None \
+                and self.sock.fileno() >= 0:
             self.start_linger()
 
     def start_linger(self) -> None:
@@ -123,7 +127,7 @@ class Connection:
             return
         want = 0
         if self.linger_until is not None or (
-            not self.closing and len(self.outbuf) < OUTPUT_HIGH_WATER
+            not self.closing and not self.waiting and len(self.outbuf) < OUTPUT_HIGH_WATER
         ):
             want |= selectors.EVENT_READ
         if self.outbuf and self.linger_until is None:
@@ -142,7 +146,7 @@ class Connection:
     def expired(self, now: float, idle_timeout: float) -> bool:
         if self.linger_until is not None:
             return now >= self.linger_until
-        return now - self.last_active >= idle_timeout
+        return not self.waiting and now - self.last_active >= idle_timeout
 
     def drop(self) -> None:
         """Unregister and close; safe to call twice."""

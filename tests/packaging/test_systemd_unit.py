@@ -21,11 +21,19 @@ INSTALLED_EXEC = "/usr/bin/gearman-driver"
 
 
 def _parse(path: Path) -> configparser.RawConfigParser:
-    parser = configparser.RawConfigParser(strict=True, interpolation=None,
+    # strict=False: SystemCallFilter= is given twice (allow list, then deny list); the
+    # parser keeps the last one, `lines_of` reads them all
+    parser = configparser.RawConfigParser(strict=False, interpolation=None,
                                           delimiters=("=",), comment_prefixes=("#", ";"))
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
     parser.read_string(path.read_text(), source=str(path))
     return parser
+
+
+def lines_of(key: str) -> list[str]:
+    """Every value of a key the unit sets more than once, in order."""
+    return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+            if line.startswith(f"{key}=")]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +57,9 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is missing: apt-get install systemd (.ci/run does)"
     text = UNIT.read_text()
-    assert f"ExecStart={INSTALLED_EXEC} " in text
+    assert f"ExecStart={INSTALLED_EXEC} " in text and f"ExecReload={INSTALLED_EXEC} " in text
     copy = tmp_path / UNIT.name
-    copy.write_text(text.replace(f"ExecStart={INSTALLED_EXEC} ",
-                                 f"ExecStart={_driver_script()} "))
+    copy.write_text(text.replace(f"={INSTALLED_EXEC} ", f"={_driver_script()} "))
     result = subprocess.run([analyze, "verify", "--man=no", "--generators=no", str(copy)],
                             capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
@@ -66,7 +73,7 @@ def test_verify_would_catch_a_mistake(tmp_path: Path) -> None:
     """Guard the guard: a misspelt key in a copy is reported with the unit's name."""
     copy = tmp_path / UNIT.name
     copy.write_text(UNIT.read_text()
-                    .replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={_driver_script()} ")
+                    .replace(f"={INSTALLED_EXEC} ", f"={_driver_script()} ")
                     .replace("KillMode=mixed", "KillMode=mixed\nKilMode=mixed"))
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no",
                              str(copy)], capture_output=True, text=True, timeout=60)
@@ -79,8 +86,11 @@ def test_service_is_notify_with_reload_and_graceful_stop(
     assert service["Type"] == "notify"
     assert service["NotifyAccess"] == "main"
     assert service["ExecStart"] == (
-        "/usr/bin/gearman-driver --configfile /etc/gearman-driver/config.yml")
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+        "/usr/bin/gearman-driver --configfile /etc/gearman-driver/config.yml "
+        "--console_socket /run/gearman-driver/console.sock")
+    # waits for the outcome and fails when the new config is refused; no /bin/kill (procps)
+    assert service["ExecReload"] == (
+        "/usr/bin/gearman-driver reload --socket /run/gearman-driver/console.sock")
     assert service["KillMode"] == "mixed"
     # longer than the default graceful_timeout (30 s), so a job in hand can finish
     assert int(service["TimeoutStopSec"]) > 30
@@ -102,12 +112,18 @@ def test_service_runs_as_its_own_user_with_its_directories(
 def test_service_is_hardened(unit: configparser.RawConfigParser) -> None:
     service = unit["Service"]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices",
-                "ProtectKernelTunables", "ProtectKernelModules", "ProtectControlGroups",
+                "PrivateUsers", "ProtectClock", "ProtectHostname", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
                 "RestrictNamespaces", "LockPersonality", "RestrictRealtime",
-                "RestrictSUIDSGID"):
+                "RestrictSUIDSGID", "RemoveIPC"):
         assert service.get(key) == "yes", key
     assert service["ProtectSystem"] == "strict"
+    assert service["ProtectProc"] == "invisible" and service["ProcSubset"] == "pid"
+    assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
+    assert service["UMask"] == "0077"
     assert service["SystemCallArchitectures"] == "native"
+    assert lines_of("SystemCallFilter") == ["@system-service", "~@privileged @resources"]
+    # the exposure score is measured in the booted container (tests/system)
     assert sorted(service["RestrictAddressFamilies"].split()) == [
         "AF_INET", "AF_INET6", "AF_UNIX"]
     # Python's ctypes callbacks need writable+executable memory

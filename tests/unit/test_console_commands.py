@@ -207,3 +207,19 @@ def test_changes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     run(MemoryController(), "set_max_processes a 3")
     assert "set_max_processes a 3 -> OK" in caplog.text
+
+
+def test_reload_answers_only_once_the_reload_is_done() -> None:
+    ctl = MemoryController()
+    reply = handle_line(ctl, b"reload", LOG)
+    assert reply is not None and reply.lines == () and reply.later is not None
+    answers: list[tuple[str, ...]] = []
+    reply.later(lambda final: answers.append(final.lines))
+    assert answers == [] and len(ctl.reloads) == 1  # asked, not answered yet
+    ctl.reloads[0]("/etc/x.yml:3:1: interval: expected a number >= 0,\ngot 'x'")
+    assert answers == [("ERR reload_failed: /etc/x.yml:3:1: interval: expected a number >= 0, "
+                        "got 'x'",)]
+    handle_line(ctl, b"reload", LOG).later(lambda final: answers.append(final.lines))
+    ctl.reloads[1](None)
+    assert answers[1] == ("OK",)
+    assert run(ctl, "reload now") == ["ERR invalid_value: usage: reload"]

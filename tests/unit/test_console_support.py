@@ -7,7 +7,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gearman_driver.console import ConsoleServer, JobRow, ProcessRow
@@ -33,6 +33,7 @@ class MemoryController:
         self.stopped_jobs: list[list[str]] = []
         self.shutdown_requested = False
         self.fail: Exception | None = None
+        self.reloads: list[Callable[[str | None], None]] = []  # outcomes not yet told
 
     def job_rows(self) -> Sequence[JobRow]:
         if self.fail is not None:
@@ -65,6 +66,9 @@ class MemoryController:
 
     def request_shutdown(self) -> None:
         self.shutdown_requested = True
+
+    def request_reload(self, done: Callable[[str | None], None]) -> None:
+        self.reloads.append(done)
 
 
 T0 = 1795860000.0  # 2026-11-28T10:00:00Z
