@@ -159,6 +159,16 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'child survives, nothing re-queued',
     ),
     (
+        '`test_process_ceiling.py`',
+        "`set_processes <job> 99999999999 99999999999` and `set_max_processes <job> "
+        "99999999999` on the console; then the daemon run as nobody under `prlimit --nproc` "
+        'with room for its master and 2 of the 4 processes `min_processes` asks for, watched '
+        'for 8 s while the console is polled every 0.5 s, then room is made.',
+        'the console answers `ERR invalid_value: max_processes must be <= 4096` and nothing '
+        'changes; under the limit: one ERROR line, at most 8 fork attempts in 8 s, every poll '
+        'answered, the 2 missing processes registered once there is room',
+    ),
+    (
         '`test_startup_errors.py`',
         'the daemon started with a pid file in a missing directory, a directory, a FIFO or a '
         'planted symlink (to a 0600 file) as pid file, a planted symlink as log file, a '

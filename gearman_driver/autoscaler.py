@@ -101,7 +101,8 @@ class Autoscaler:
                 if self.freeze:
                     gc.freeze()  # what is shared now stays untouched by the children's gc
                 for _ in range(decision.start):
-                    driver.processes.start(job, reason)
+                    if driver.processes.start(job, reason) is None:
+                        break  # backed off: no more tries this turn
             for pid in decision.stop:
                 process = job.processes.get(pid)
                 if process is not None:

@@ -38,6 +38,7 @@ from gearman_driver.config_errors import (
     problems,
     read_source,
 )
+from gearman_driver.scoreboard import MAX_PROCESSES
 
 __all__ = [
     "DEFAULTS",
@@ -92,7 +93,14 @@ def schema() -> dict[str, Any]:
         text = (resources.files("gearman_driver.schema") / "config.schema.json").read_text("utf-8")
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         text = (Path(__file__).parent.parent / "schema" / "config.schema.json").read_text("utf-8")
-    loaded: dict[str, Any] = json.loads(text)
+    return with_process_ceiling(json.loads(text))
+
+
+def with_process_ceiling(loaded: dict[str, Any]) -> dict[str, Any]:
+    """The process ceiling has one home (the scoreboard's size); the schema gets it here."""
+    limits = loaded["properties"]["job_runtime_attributes"]["additionalProperties"]["properties"]
+    for key in ("min_processes", "max_processes"):
+        limits[key]["maximum"] = MAX_PROCESSES
     return loaded
 
 

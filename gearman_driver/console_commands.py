@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gearman_driver.scoreboard import MAX_PROCESSES
+
 __all__ = [
     "Controller",
     "JobRow",
@@ -211,6 +213,14 @@ def _count(value: str, what: str) -> int:
     return int(value)
 
 
+def _at_most_ceiling(value: int, what: str) -> int:
+    """No job may ask for more processes than the driver has scoreboard slots: a huge limit
+    once made the master fork (and log) without end."""
+    if value > MAX_PROCESSES:
+        raise CommandError("invalid_value", f"{what} must be <= {MAX_PROCESSES}")
+    return value
+
+
 def _set_limits(ctl: Controller, job: str, lo: int | None, hi: int | None) -> Reply:
     try:
         ctl.set_limits(job, lo, hi)
@@ -242,7 +252,7 @@ def cmd_ps(ctl: Controller, args: list[str]) -> Reply:
 def cmd_set_min_processes(ctl: Controller, args: list[str]) -> Reply:
     name, value = _args("set_min_processes", args, 2)
     row = _job_row(ctl, name)
-    lo = _count(value, "min_processes")
+    lo = _at_most_ceiling(_count(value, "min_processes"), "min_processes")
     if lo > row.max_processes:
         raise CommandError("invalid_value", "min_processes must be smaller than max_processes")
     return _set_limits(ctl, row.name, lo, None)
@@ -251,7 +261,7 @@ def cmd_set_min_processes(ctl: Controller, args: list[str]) -> Reply:
 def cmd_set_max_processes(ctl: Controller, args: list[str]) -> Reply:
     name, value = _args("set_max_processes", args, 2)
     row = _job_row(ctl, name)
-    hi = _count(value, "max_processes")
+    hi = _at_most_ceiling(_count(value, "max_processes"), "max_processes")
     if hi < row.min_processes:
         raise CommandError("invalid_value", "max_processes must be greater than min_processes")
     return _set_limits(ctl, row.name, None, hi)
@@ -262,6 +272,8 @@ def cmd_set_processes(ctl: Controller, args: list[str]) -> Reply:
     row = _job_row(ctl, name)
     lo = _count(lo_text, "min_processes")
     hi = _count(hi_text, "max_processes")
+    _at_most_ceiling(hi, "max_processes")
+    _at_most_ceiling(lo, "min_processes")
     if hi < lo:
         raise CommandError("invalid_value", "max_processes must be greater than min_processes")
     return _set_limits(ctl, row.name, lo, hi)

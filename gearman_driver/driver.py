@@ -22,9 +22,10 @@ from gearman_driver.autoscaler import Autoscaler
 from gearman_driver.backends import backend_class
 from gearman_driver.child import host_label
 from gearman_driver.config import Settings, load_settings, options_for
-from gearman_driver.jobs import Job, JobSpec, JobTable, LoadError, MethodSpec
+from gearman_driver.jobs import Job, JobSpec, JobTable, MethodSpec
 from gearman_driver.loader import (
     apply_runtime_attributes,
+    check_limits,
     coder,
     exceptions_flag,
     import_callback,
@@ -33,13 +34,12 @@ from gearman_driver.loader import (
 )
 from gearman_driver.logs import reopen_logfile
 from gearman_driver.processes import ProcessManager
-from gearman_driver.scoreboard import Scoreboard, State
+from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard, State
 from gearman_driver.systemd import Notifier
 from gearman_driver.worker import Worker
 
 log = logging.getLogger("gearman_driver")
 
-SCOREBOARD_SLOTS = 4096
 TURN_SECONDS = 0.2
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGUSR1, signal.SIGUSR2)
@@ -96,9 +96,8 @@ class Driver:
                 decode=coder(worker, f"add_job({name})", method.get("decode"), "decode"),
                 exceptions=exceptions_flag(f"add_job({name})", method.get("exceptions")),
             ))
-        if min_processes > max_processes:
-            raise LoadError(f"add_job({name}): min_processes ({min_processes}) is greater than "
-                            f"max_processes ({max_processes})")
+        min_processes, max_processes = check_limits(f"add_job({name})", min_processes,
+                                                    max_processes)
         self.jobs.add(JobSpec(name, worker, f"{type(worker).__module__}."
                               f"{type(worker).__qualname__}", tuple(specs), min_processes,
                               max_processes))
@@ -213,7 +212,7 @@ class Driver:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, _noop_handler)
         self.selector.register(read_fd, selectors.EVENT_READ, self._on_signal_pipe)
-        self.scoreboard = Scoreboard(SCOREBOARD_SLOTS)
+        self.scoreboard = Scoreboard(MAX_PROCESSES)
         self.processes = ProcessManager(
             self.jobs, self.scoreboard,
             servers=lambda: list(self.settings.server),

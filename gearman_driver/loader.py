@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from gearman_driver.jobs import JobSpec, LoadError, MethodSpec
+from gearman_driver.scoreboard import MAX_PROCESSES
 from gearman_driver.worker import ATTRIBUTE_KEYS, Worker, job_marker
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,13 @@ def coder(worker: Worker, where: str, value: Any, default: str) -> Callable[[Any
     return method
 
 
-def _limits(where: str, minimum: Any, maximum: Any) -> tuple[int, int]:
+def check_limits(where: str, minimum: Any, maximum: Any) -> tuple[int, int]:
+    """A job's process limits: integers 0..MAX_PROCESSES (the scoreboard's size), min <= max."""
     for key, value in (("min_processes", minimum), ("max_processes", maximum)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise LoadError(f"{where}: {key} must be an integer >= 0, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not \
+                0 <= value <= MAX_PROCESSES:
+            raise LoadError(f"{where}: {key} must be an integer 0..{MAX_PROCESSES}, "
+                            f"got {value!r}")
     if minimum > maximum:
         raise LoadError(f"{where}: min_processes ({minimum}) is greater than "
                         f"max_processes ({maximum})")
@@ -207,7 +211,7 @@ def job_specs(worker: Worker) -> list[JobSpec]:
         maximum = merged.get("max_processes")
         if maximum is None:
             maximum = max(1, minimum) if isinstance(minimum, int) else 1
-        minimum, maximum = _limits(where, minimum, maximum)
+        minimum, maximum = check_limits(where, minimum, maximum)
         for name, _, _ in members:
             if not callable(getattr(worker, name)):
                 raise LoadError(f"{path}.{name}: an instance attribute {name!r} hides the "

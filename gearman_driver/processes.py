@@ -4,6 +4,10 @@ A process that exits within FAILED_START_WINDOW of its start without finishing a
 start: the job's next start is delayed exponentially (1 s, 2 s, … capped at 60 s; from 0.1 s when
 it died holding its first job, a likely poison job), so a broken worker never turns into a fork
 loop. A process that finished a job and then died is replaced at once.
+
+A start that cannot happen at all (fork fails with EAGAIN under a pids cgroup or RLIMIT_NPROC,
+or every scoreboard slot is taken) holds every start of the driver back for FORK_RETRY_BASE
+seconds, doubling up to FORK_RETRY_CAP, and is logged once per streak, not once per attempt.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ FAILED_START_WINDOW = 5.0
 BACKOFF_BASE = 1.0
 POISON_BACKOFF_BASE = 0.1
 BACKOFF_CAP = 60.0
+FORK_RETRY_BASE = 0.5
+FORK_RETRY_CAP = 30.0
 #: Why a replaced process went (gearman_driver_recycled_total's reason), by the cause the
 #: master gave; a process that exits by itself is "max_jobs" or "died".
 RECYCLE_REASONS = {"reload": "reload", "re-exec": "reload", "job timeout": "job_timeout",
@@ -66,18 +72,34 @@ class ProcessManager:
         self._max_jobs = max_jobs
         self._close_inherited = close_inherited
         self.master_pid = os.getpid()
+        self.start_failures = 0  # starts in a row that could not fork (or found no slot)
+        self._retry_starts_at = 0.0
 
     # -- start -----------------------------------------------------------------------------
     def can_start(self, job: Job, now: float) -> bool:
-        return now >= job.next_start_at
+        return now >= job.next_start_at and now >= self._retry_starts_at
+
+    def _cannot_start(self, job: Job, why: str) -> None:
+        """Back every start off; say so once per streak of failures, not once per attempt."""
+        self.start_failures += 1
+        delay = min(FORK_RETRY_CAP, FORK_RETRY_BASE * 2.0 ** (self.start_failures - 1))
+        self._retry_starts_at = time.monotonic() + delay
+        if self.start_failures == 1:
+            log.error("cannot start a process for %s: %s; retrying every start in %gs, "
+                      "backing off up to %gs (logged once until a start succeeds)",
+                      job.name, why, delay, FORK_RETRY_CAP)
+        else:
+            log.debug("start %d in a row failed for %s: %s; next try in %gs",
+                      self.start_failures, job.name, why, delay)
 
     def start(self, job: Job, reason: str) -> int | None:
-        """Fork one process for `job`; returns its pid (None if no scoreboard slot is free)."""
+        """Fork one process for `job`; returns its pid, or None when it could not fork or
+        every scoreboard slot (the ceiling of processes per driver) is taken."""
         try:
             slot = self.scoreboard.allocate()
         except IndexError:
-            log.error("cannot start a process for %s: all %d scoreboard slots in use",
-                      job.name, self.scoreboard.size)
+            self._cannot_start(job, f"all {self.scoreboard.size} scoreboard slots in use "
+                                    "(the ceiling of processes per driver)")
             return None
         limit, jitter = self._max_jobs(job)
         max_jobs = limit + (random.randint(0, jitter) if limit and jitter else 0)
@@ -99,11 +121,14 @@ class ProcessManager:
                 )
         except OSError as exc:
             self.scoreboard.release(slot)
-            log.error("cannot fork a process for %s: %s", job.name, exc)
+            self._cannot_start(job, f"fork failed: {exc}")
             return None
         finally:
             if os.getpid() == self.master_pid:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if self.start_failures:
+            log.warning("started a process again after %d failed start(s)", self.start_failures)
+            self.start_failures = 0
         self.jobs.add_process(job, Process(pid, slot, job.name, time.monotonic(),
                                            max_jobs=max_jobs))
         job.starts_total += 1

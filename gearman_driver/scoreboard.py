@@ -23,6 +23,10 @@ class State(IntEnum):
     BUSY = 3
 
 
+#: The ceiling of processes per driver, and so per job (min_processes, max_processes): one
+#: scoreboard slot each. Console, config schema, loader and add_job refuse more.
+MAX_PROCESSES = 4096
+
 ERROR_BYTES = 200
 HANDLE_BYTES = 64
 # One slot, field by field (little endian, packed). The child rewrites only the fields that

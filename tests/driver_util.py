@@ -64,9 +64,10 @@ class DriverProcess:
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wrapper: list[str] = []  # e.g. prlimit/setpriv words run before the daemon
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "gearman_driver.cli", "--configfile",
+        return [*self.wrapper, sys.executable, "-m", "gearman_driver.cli", "--configfile",
                 str(self.config_path), *self.args]
 
     def start(self) -> DriverProcess:

@@ -44,6 +44,32 @@ def console_config() -> tuple[int, dict[str, Any]]:
     return port, {"console_port": port}
 
 
+NOBODY = 65534
+
+
+def as_nobody(*command: str) -> list[str]:
+    """Run `command` as user nobody (the tests run as root): RLIMIT_NPROC binds only a user
+    without CAP_SYS_RESOURCE, and the console's access rules are about other users."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+            *command]
+
+
+def user_processes(uid: int) -> int:
+    """How many processes (threads included: RLIMIT_NPROC counts them) have this real uid."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "-1").split()[0]) == uid:
+            count += int(fields.get("Threads", "1"))
+    return count
+
+
 def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> bool:
     try:
         os.kill(pid, signum)

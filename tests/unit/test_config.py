@@ -472,7 +472,7 @@ def test_random_overrides_give_settings_or_one_line_error(overrides: dict[str, A
 
 def test_schema_file_matches_the_packaged_copy() -> None:
     on_disk = json.loads((REPO / "schema" / "config.schema.json").read_text(encoding="utf-8"))
-    assert config.schema() == on_disk
+    assert config.schema() == config.with_process_ceiling(on_disk)
 
 
 def test_metrics_endpoint_keys(tmp_path: Path) -> None:
