@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "daemonize": False,
     "pidfile": None,
     "unknown_job_callback": None,
+    "wanted": None,
     "worker_backend": "native",
     "max_jobs_per_process": 0,
     "max_jobs_jitter": 0,
@@ -283,6 +284,7 @@ class Settings:
     daemonize: bool
     pidfile: str | None
     unknown_job_callback: str | None
+    wanted: str | None
     worker_backend: str
     max_jobs_per_process: int
     max_jobs_jitter: int
@@ -342,6 +344,7 @@ def _settings(data: Mapping[str, Any], files: Sequence[str], origins: Any) -> Se
         daemonize=bool(data["daemonize"]),
         pidfile=data["pidfile"],
         unknown_job_callback=data["unknown_job_callback"],
+        wanted=data["wanted"],
         worker_backend=data["worker_backend"],
         max_jobs_per_process=int(data["max_jobs_per_process"]),
         max_jobs_jitter=int(data["max_jobs_jitter"]),

@@ -24,6 +24,7 @@ from gearman_driver.child import host_label
 from gearman_driver.config import Settings, load_settings, options_for
 from gearman_driver.jobs import Job, JobSpec, JobTable, MethodSpec
 from gearman_driver.loader import (
+    Wanted,
     apply_runtime_attributes,
     check_limits,
     coder,
@@ -51,11 +52,15 @@ class Driver:
     """Runs the jobs of the configured namespaces (and any added with `add_job`)."""
 
     def __init__(self, settings: Settings | None = None, *,
-                 unknown_job_callback: UnknownJobCallback | None = None, **options: Any) -> None:
+                 unknown_job_callback: UnknownJobCallback | None = None,
+                 wanted: Wanted | str | None = None, **options: Any) -> None:
+        if isinstance(wanted, str) and settings is None:  # located as given by the caller
+            options["wanted"] = wanted
         self.settings = settings if settings is not None else load_settings([], options)
         self.cli_overrides: Mapping[str, Any] = dict(options)  # re-applied on every reload
         self.jobs = JobTable()
         self.unknown_job_callback = unknown_job_callback
+        self.wanted = wanted  # Gearman::Driver's Loader `wanted`; else settings.wanted
         self._loaded = False
         self._stopping = False
         self._reload_requested = False
@@ -130,7 +135,8 @@ class Driver:
         gc.disable()
         settings = self.settings
         specs = load_jobs(settings.namespaces, settings.lib, settings.server_string,
-                          lambda path: options_for(settings, path), settings.error)
+                          lambda path: options_for(settings, path), settings.error,
+                          self.wanted if self.wanted is not None else settings.wanted)
         specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
         for spec in specs:
             self.jobs.add(spec)
@@ -139,7 +145,7 @@ class Driver:
         if self.unknown_job_callback is None and settings.unknown_job_callback:
             # imported after the namespaces: `lib` is on sys.path now
             self.unknown_job_callback = import_callback(settings.unknown_job_callback,
-                                                        settings.error)
+                                                        "unknown_job_callback", settings.error)
         self._loaded = True
 
     # -- the loop ----------------------------------------------------------------------------

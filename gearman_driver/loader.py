@@ -7,6 +7,7 @@ that is what lets the children share the code and data copy-on-write.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 import os
@@ -44,19 +45,28 @@ def _import_error(module: str, exc: BaseException) -> LoadError:
 ConfigErrorFactory = Callable[[tuple[Any, ...], str], Exception]
 
 
+Wanted = Callable[[str], Any]
+
+
 def import_namespaces(namespaces: Sequence[str], lib: Sequence[str] = (),
-                      error: ConfigErrorFactory | None = None) -> list[ModuleType]:
+                      error: ConfigErrorFactory | None = None,
+                      wanted: Wanted | str | None = None) -> list[ModuleType]:
     """Import every module below each namespace package, recursively; `lib` dirs go first.
 
-    A namespace that does not exist is the config's mistake (reported at its entry through
-    `error`); an import that fails inside the worker code names the module and the cause."""
+    `wanted` (a callable, or ``"module:function"`` imported once `lib` is on sys.path) is
+    asked about each module name found - the namespace itself included - before anything is
+    imported, as Gearman::Driver's Loader does; only the names it returns true for are
+    imported (with their parent packages, as Python requires). A namespace that does not
+    exist is the config's mistake (reported at its entry through `error`); an import that
+    fails inside the worker code names the module and the cause."""
     for directory in reversed(lib):
         if directory not in sys.path:
             sys.path.insert(0, directory)
+    keep = import_callback(wanted, "wanted", error) if isinstance(wanted, str) else wanted
     modules: list[ModuleType] = []
     for index, namespace in enumerate(namespaces):
         try:
-            package = importlib.import_module(namespace)
+            names = module_names(namespace)
         except ModuleNotFoundError as exc:
             missing = exc.name or ""
             if error is not None and (namespace == missing or
@@ -67,13 +77,9 @@ def import_namespaces(namespaces: Sequence[str], lib: Sequence[str] = (),
             raise _import_error(namespace, exc) from exc
         except Exception as exc:
             raise _import_error(namespace, exc) from exc
-        modules.append(package)
-        path = getattr(package, "__path__", None)
-        if path is None:
-            continue
-        names = sorted(info.name for info in pkgutil.walk_packages(path, namespace + ".",
-                                                                    onerror=_walk_error))
         for name in names:
+            if keep is not None and not _is_wanted(keep, name):
+                continue
             try:
                 modules.append(importlib.import_module(name))
             except Exception as exc:
@@ -81,9 +87,37 @@ def import_namespaces(namespaces: Sequence[str], lib: Sequence[str] = (),
     return modules
 
 
-def _walk_error(name: str) -> None:
-    exc = sys.exc_info()[1]
-    raise _import_error(name, exc if exc else ImportError(name))
+def module_names(namespace: str) -> list[str]:
+    """The namespace and every module below it, found on disk without importing any of them
+    (only the namespace's parent packages are imported, to locate it)."""
+    spec = importlib.util.find_spec(namespace)
+    if spec is None:
+        raise ModuleNotFoundError(f"No module named {namespace!r}", name=namespace)
+    below = spec.submodule_search_locations
+    return [namespace, *sorted(_walk(list(below), namespace + "."))] if below else [namespace]
+
+
+def _walk(paths: list[str], prefix: str) -> Iterable[str]:
+    for info in pkgutil.iter_modules(paths, prefix):
+        yield info.name
+        if info.ispkg:
+            where = getattr(info.module_finder, "path", None)
+            if isinstance(where, str):
+                inner = [os.path.join(where, info.name.rpartition(".")[2])]
+            else:  # not a plain directory (e.g. a zip): ask the package itself
+                try:
+                    inner = list(importlib.import_module(info.name).__path__)
+                except Exception as exc:
+                    raise _import_error(info.name, exc) from exc
+            yield from _walk(inner, info.name + ".")
+
+
+def _is_wanted(keep: Wanted, name: str) -> bool:
+    try:
+        return bool(keep(name))
+    except Exception as exc:
+        cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        raise LoadError(f"wanted({name!r}) failed: {cause}") from exc
 
 
 def worker_classes(modules: Iterable[ModuleType]) -> list[type[Worker]]:
@@ -273,9 +307,11 @@ def load_jobs(
     server: str,
     options_for: Callable[[str], Mapping[str, Any]],
     error: ConfigErrorFactory | None = None,
+    wanted: Wanted | str | None = None,
 ) -> list[JobSpec]:
-    """Import the namespaces, build one worker object per class, and return their jobs."""
-    modules = import_namespaces(namespaces, lib, error)
+    """Import the (wanted) modules of the namespaces, build one worker object per class, and
+    return their jobs."""
+    modules = import_namespaces(namespaces, lib, error, wanted)
     specs: list[JobSpec] = []
     for namespace in namespaces:
         classes = worker_classes(m for m in modules
@@ -290,18 +326,19 @@ def load_jobs(
     return specs
 
 
-def import_callback(spec: str, error: Callable[[tuple[str, ...], str], Exception]
-                    ) -> Callable[..., Any]:
-    """Resolve `unknown_job_callback: "module:function"`; a bad one is a config error."""
+def import_callback(spec: str, key: str = "unknown_job_callback",
+                    error: ConfigErrorFactory | None = None) -> Callable[..., Any]:
+    """Resolve a ``"module:function"`` config value (`key`); a bad one is a config error."""
     module_name, _, attr = spec.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), attr)
+        problem = "" if callable(function) else f"{spec} is not callable"
     except Exception as exc:
-        raise error(("unknown_job_callback",),
-                             f"expected an importable 'module:function', got {spec!r} ({exc})"
-                             ) from exc
-    if not callable(function):
-        raise error(("unknown_job_callback",), f"{spec} is not callable")
+        problem = f"expected an importable 'module:function', got {spec!r} ({exc})"
+    if problem:
+        if error is None:
+            raise LoadError(f"{key}: {problem}")
+        raise error((key,), problem)
     return function
 
 

@@ -72,6 +72,8 @@ BAD: dict[str, list[Any]] = {
     ],
     "unknown_job_callback": ["nocolon", 5, "mod:func with space", "nomod_xyz_faults:f",
                              "tw.hooks.callbacks:missing"],
+    "wanted": ["nocolon", 5, "mod:func with space", "nomod_xyz_faults:f",
+               "tw.wanted_filter:missing", "tw.wanted_filter:not_callable"],
     "pidfile": ["", 5],
     "console_socket": ["", 7],
 }

@@ -155,6 +155,24 @@ def test_check_config_prints_the_job_table(tmp_path: Path) -> None:
     assert rows["t.sleep"][2:4] == ["1", "4"]
 
 
+def test_check_config_imports_only_the_wanted_modules(tmp_path: Path) -> None:
+    lib = str(Path(__file__).parent.parent / "fixtures")
+    config = tmp_path / "c.yml"
+    for wanted, status in ((None, 78), ("tw.wanted_filter:only_workers", 0),
+                           ("tw.wanted_filter:missing", 78)):
+        config.write_text(json.dumps({"namespaces": ["tw.wanted"], "lib": [lib],
+                                      "wanted": wanted}))
+        result = run_cli("--configfile", str(config), "--check-config")
+        assert result.returncode == status, result.stderr
+        if status == 0:
+            rows = [line.split() for line in result.stdout.splitlines()[1:]]
+            assert rows == [["w.scale", "w.scale", "1", "1",
+                             "tw.wanted.worker_scale.ScaleImage"]]
+        else:
+            (line,) = result.stderr.strip().splitlines()
+            assert ("tw.wanted.web.controller" if wanted is None else "wanted:") in line
+
+
 def test_sigterm_during_a_job_lets_it_complete_then_exits_0(gearmand, driver_factory) -> None:
     driver = driver_factory(gearmand, BASIC)
     assert driver.wait_registered("t.sleep", 1)
