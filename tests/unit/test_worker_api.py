@@ -150,6 +150,51 @@ def test_unknown_attribute_in_default_attributes_is_a_load_error() -> None:
         job_specs(Typo(server="s"))
 
 
+PERL_SPELLINGS = {"Decode": "decode", "Encode": "encode", "MinProcesses": 2,
+                  "MaxProcesses": 3, "ProcessGroup": "g", "MinChilds": 2, "MaxChilds": 3}
+
+
+@pytest.mark.parametrize("where", ["default_attributes", "override_attributes"])
+@pytest.mark.parametrize("perl", sorted(PERL_SPELLINGS))
+def test_perl_attribute_spellings_are_refused_in_the_attribute_dicts(where: str,
+                                                                     perl: str) -> None:
+    """Gearman::Driver's `default_attributes => { Decode => ... }` keys do not carry over."""
+    def body(self: Worker, job: Any, workload: bytes) -> bytes:
+        return workload
+
+    cls = type("PerlStyle", (Worker,), {where: {perl: PERL_SPELLINGS[perl]}, "a": job(body),
+                                        "decode": lambda self, data: data,
+                                        "encode": lambda self, data: data})
+    with pytest.raises(LoadError, match=rf"\.{where}: unknown job attribute '{perl}' "
+                                        r"\(expected one of: min_processes, max_processes"):
+        job_specs(cls(server="s"))
+
+
+def test_snake_case_keys_work_in_the_attribute_dicts() -> None:
+    class SnakeCase(Worker):
+        default_attributes = {"decode": "from_json", "min_processes": 2, "max_processes": 3}
+        override_attributes = {"encode": True}
+
+        def from_json(self, workload: bytes) -> Any:
+            return workload
+
+        def encode(self, result: Any) -> bytes:
+            return bytes(result)
+
+        @job
+        def a(self, job: Any, workload: bytes) -> bytes:
+            return workload
+
+    (spec,) = job_specs(SnakeCase(server="s"))
+    assert (spec.min_processes, spec.max_processes) == (2, 3)
+    assert spec.methods[0].decode is not None and spec.methods[0].encode is not None
+
+
+def test_perl_spelling_in_the_decorator_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="Decode"):
+        job(Decode=True)  # type: ignore[call-overload]
+
+
 def test_encode_naming_no_method_is_a_load_error() -> None:
     class NoCoder(Worker):
         @job(encode="missing")
