@@ -156,27 +156,22 @@ class NativeBackend(WorkerBackend):
         timeout = poll_interval
         now = 0.0
         for conn in self._conns:
-            if conn.state == CONNECTING:
-                now = now or time.monotonic()
-                if conn.connect_by <= now:
-                    try:
-                        conn.connect_timed_out()
-                    except OSError as exc:
-                        self._failed(conn, str(exc))
-                        now = time.monotonic()
-                if conn.state == CONNECTING:
-                    timeout = min(timeout, max(conn.connect_by - now, 0.0))
-            if conn.state != DOWN:
+            due = conn.due
+            if due is None:
                 continue
             now = now or time.monotonic()
-            if conn.retry_at <= now:
+            if due <= now:
                 try:
-                    conn.start_connect()
+                    if conn.state == DOWN:
+                        conn.start_connect()
+                    else:
+                        conn.connect_timed_out()
                 except OSError as exc:
                     self._failed(conn, str(exc))
-                    now = time.monotonic()
-            if conn.state == DOWN:
-                timeout = min(timeout, max(conn.retry_at - now, 0.0))
+                now = time.monotonic()
+                due = conn.due
+            if due is not None:
+                timeout = min(timeout, max(due - now, 0.0))
         return timeout
 
     def _echo(self, conn: ServerConnection) -> bytes:

@@ -89,6 +89,16 @@ class ServerConnection:
     def label(self) -> str:
         return f"{self.server[0]}:{self.server[1]}"
 
+    @property
+    def due(self) -> float | None:
+        """When the loop must act by itself: retry a connection that is down, or leave an
+        address that has not answered for the next one; None when neither applies."""
+        if self.state == DOWN:
+            return self.retry_at
+        if self.state == CONNECTING:
+            return self.connect_by
+        return None
+
     def start_connect(self) -> None:
         """Resolve the name and begin a non-blocking connect to its first address; completion
         is signalled by writability. OSError when no address could even be tried."""
