@@ -177,6 +177,20 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'exit 73 (78 for the log file), exactly one stderr line naming the path or port and '
         'the reason, no traceback; the symlinks\' target unchanged (contents and mode)',
     ),
+    (
+        '`test_reload_refused.py`',
+        'a running driver (min 3 processes, clients submitting 50 ms jobs from 2 '
+        'connections) gets a SIGHUP after a `namespaces` typo, after its worker module '
+        'was changed to raise at import, and after its constructor was changed to sleep'
+        ' for an hour (`graceful_timeout: 2`, and a SIGUSR1 during the trial); the '
+        'console is polled throughout; then a good code change.',
+        'one `reload failed: …; running on the previous configuration` line (with '
+        '`file:line:col` of the typo, `(at file:line)` of the raise, the time limit and'
+        ' the killed trial pid), the same in STATUS, the same processes, every job '
+        'completed, every console poll answered, the old code still serving, SIGUSR1 '
+        'handled during the hang, the trial process gone; the good change still '
+        're-executes and serves the new code',
+    ),
 ]
 
 SCENARIOS = """\
@@ -250,7 +264,7 @@ check.
 ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "processes die",
          "poison job, gearmand --job", "poison job, gearmand default", "max_jobs_per_process",
          "bad config", "config read bounds", "console abuse", "SIGTERM", "process ceiling",
-         "fork fails", "console control", "console flood", "start-up error"]
+         "fork fails", "console control", "console flood", "start-up error", "reload refused"]
 
 
 def run_suite(figures: Path, extra: list[str]) -> tuple[float, str]:

@@ -93,11 +93,11 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     return run
 
 
-def _set_parent_death_signal(master_pid: int) -> None:
-    """Get SIGTERM when the master dies, even by SIGKILL; exit now if it already has."""
+def set_parent_death_signal(master_pid: int, signum: int = signal.SIGTERM) -> None:
+    """Get `signum` when the master dies, even by SIGKILL; exit now if it already has."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the orphan check below still applies
         pass
     if os.getppid() != master_pid:
@@ -134,7 +134,7 @@ def run_child(
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _set_parent_death_signal(master_pid)
+        set_parent_death_signal(master_pid)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
         pid = os.getpid()

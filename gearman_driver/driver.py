@@ -15,29 +15,31 @@ import selectors
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gearman_driver import __version__
 from gearman_driver.autoscaler import Autoscaler
 from gearman_driver.backends import backend_class
 from gearman_driver.child import host_label
-from gearman_driver.config import Settings, load_settings, options_for
+from gearman_driver.config import Settings, load_settings
 from gearman_driver.jobs import Job, JobSpec, JobTable, MethodSpec
 from gearman_driver.loader import (
     Wanted,
-    apply_runtime_attributes,
     check_limits,
     coder,
     exceptions_flag,
-    import_callback,
-    load_jobs,
+    load_configured,
     module_stamps,
 )
 from gearman_driver.logs import reopen_logfile
 from gearman_driver.processes import ProcessManager
+from gearman_driver.reload import ReloadOutcome
 from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard, State
 from gearman_driver.systemd import Notifier
 from gearman_driver.worker import Worker
+
+if TYPE_CHECKING:
+    from gearman_driver.trial import Trial
 
 log = logging.getLogger("gearman_driver")
 
@@ -64,7 +66,8 @@ class Driver:
         self._loaded = False
         self._stopping = False
         self._reload_requested = False
-        self._reload_waiters: list[Callable[[str | None], None]] = []
+        self._reload_waiters: list[Callable[[str | None], None]] = []  # of the next reload
+        self._current_waiters: list[Callable[[str | None], None]] = []  # of the one running
         self._last_gc = time.monotonic()
         self.selector: selectors.BaseSelector | None = None
         self.autoscaler: Autoscaler | None = None
@@ -84,6 +87,8 @@ class Driver:
         self._ready_sent = False
         self._unregistered_since: float | None = None
         self._freeze = os.environ.get("GEARMAN_DRIVER_NO_GC_FREEZE", "") in ("", "0")
+        self.trial: Trial | None = None  # a reload's new worker code, loading in a process
+        self.reload_outcome: ReloadOutcome | None = None  # how the last reload ended
 
     # -- Gearman::Driver's public API --------------------------------------------------------
     def add_job(self, name: str, worker: Worker, methods: Sequence[Mapping[str, Any]],
@@ -134,18 +139,13 @@ class Driver:
             return
         gc.disable()
         settings = self.settings
-        specs = load_jobs(settings.namespaces, settings.lib, settings.server_string,
-                          lambda path: options_for(settings, path), settings.error,
-                          self.wanted if self.wanted is not None else settings.wanted)
-        specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
+        specs, callback = load_configured(settings, self.wanted)
         for spec in specs:
             self.jobs.add(spec)
             self.loaded_workers[spec.class_path] = spec.worker
         self._module_stamps = module_stamps(settings.namespaces)
-        if self.unknown_job_callback is None and settings.unknown_job_callback:
-            # imported after the namespaces: `lib` is on sys.path now
-            self.unknown_job_callback = import_callback(settings.unknown_job_callback,
-                                                        "unknown_job_callback", settings.error)
+        if self.unknown_job_callback is None:
+            self.unknown_job_callback = callback
         self._loaded = True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -188,9 +188,11 @@ class Driver:
             key.data(mask)
         now = time.monotonic()
         self.processes.reap(now)
-        if self._reload_requested:
-            self._reload_requested = False
+        if self._reload_requested and not self.reload_in_progress:
+            self._reload_requested = False  # a SIGHUP during a reload: read again after it
             self.reload()
+        if self.trial is not None:
+            self.trial.tick(now)
         assert self.autoscaler is not None
         active = not self._stopping and not self._reexec
         if active:
@@ -201,7 +203,7 @@ class Driver:
         self.autoscaler.tick(now, polling=active)
         for server in self._servers():
             server.tick(now)
-        self.notifier.tick(now, self.status_line)
+        self.notifier.tick(now, self.status_text)
         if now - self._last_gc > 60:
             gc.collect()  # frozen objects are skipped: only the master's own garbage
             self._last_gc = now
@@ -228,7 +230,7 @@ class Driver:
                                   if job.spec.max_jobs_per_process is not None
                                   else self.settings.max_jobs_per_process,
                                   self.settings.max_jobs_jitter),
-            close_inherited=self._close_in_child,
+            close_inherited=self.close_in_child,
         )
         self.autoscaler = Autoscaler(self, self.selector, freeze=self._freeze)
         self._open_console()
@@ -261,9 +263,11 @@ class Driver:
         """The console and the metrics endpoint, those that are open."""
         return [server for server in (self.console, self.metrics) if server is not None]
 
-    def _close_in_child(self) -> None:
-        """Right after fork: drop the master's sockets, pipe and signal set-up."""
+    def close_in_child(self) -> None:
+        """Right after fork: drop the master's sockets, pipes and signal set-up."""
         signal.set_wakeup_fd(-1)
+        if self.trial is not None:
+            self.trial.close_in_child()
         if self._wakeup:
             for fd in self._wakeup:
                 os.close(fd)
@@ -278,6 +282,9 @@ class Driver:
                 pass
 
     def _close(self) -> None:
+        if self.trial is not None:
+            self.trial.kill()
+            self.trial = None
         if self.processes is not None:
             for process in list(self.jobs.processes()):
                 self.processes.kill(process, "master exiting")
@@ -314,11 +321,18 @@ class Driver:
                 reopen_logfile()
                 log.info("log file reopened")
 
+    @property
+    def reload_in_progress(self) -> bool:
+        """A trial of new worker code is running, or the master drains to re-execute itself."""
+        return self.trial is not None or self._reexec
+
     def reload(self) -> None:
-        """SIGHUP: re-read the config files; keep the old configuration if they are invalid."""
+        """SIGHUP: re-read the config files; keep the old configuration if they are invalid.
+        It ends in finish_reload, now or once a trial of new worker code answered."""
         from gearman_driver.reload import apply_reload
 
-        self.finish_reload(apply_reload(self))
+        self._current_waiters, self._reload_waiters = self._reload_waiters, []
+        apply_reload(self)
 
     def request_reload(self, done: Callable[[str | None], None] | None = None) -> None:
         """Reload on the next turn, as SIGHUP does; ``done`` learns that reload's outcome."""
@@ -330,7 +344,8 @@ class Driver:
         """The one place a reload's outcome is known: None (applied) or why it was refused.
         Everyone who asked for this reload (console `reload`, `gearman-driver reload`) is told."""
         self.reloads["ok" if error is None else "failed"] += 1
-        waiters, self._reload_waiters = self._reload_waiters, []
+        self.reload_outcome = ReloadOutcome(error is None, error or "", time.time())
+        waiters, self._current_waiters = self._current_waiters, []
         for done in waiters:
             done(error)
 
@@ -406,6 +421,11 @@ class Driver:
                  job.max_processes)
 
     # -- what STATUS reads --------------------------------------------------------------------
+    def status_text(self) -> str:
+        """STATUS: a refused reload's reason until the next good one, else the status line."""
+        failed = self.reload_outcome.status if self.reload_outcome is not None else None
+        return failed or self.status_line()
+
     def status_line(self) -> str:
         assert self.scoreboard is not None
         processes = list(self.jobs.processes())

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
+from gearman_driver.config import Settings, options_for
 from gearman_driver.jobs import JobSpec, LoadError, MethodSpec
 from gearman_driver.scoreboard import MAX_PROCESSES
 from gearman_driver.worker import ATTRIBUTE_KEYS, Worker, job_marker
@@ -28,18 +29,19 @@ RUNTIME_KEYS = ("min_processes", "max_processes", "timeout", "max_jobs_per_proce
                 "worker_backend")
 
 
-def _import_error(module: str, exc: BaseException) -> LoadError:
-    cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    where = ""
+def _location(exc: BaseException) -> str:
+    """` (at file:line)` of the innermost frame of the user's code, without importlib's."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (at {exc.filename}:{exc.lineno})"
     tb = exc.__traceback__
     frames = [f for f in (traceback.extract_tb(tb) if tb else [])
               if not f.filename.startswith("<frozen")]  # importlib's frames mean nothing here
-    if frames:
-        last = frames[-1]
-        where = f" (at {last.filename}:{last.lineno})"
-    if isinstance(exc, SyntaxError) and exc.filename:
-        where = f" (at {exc.filename}:{exc.lineno})"
-    return LoadError(f"cannot import worker module {module}: {cause}{where}")
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _import_error(module: str, exc: BaseException) -> LoadError:
+    cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return LoadError(f"cannot import worker module {module}: {cause}{_location(exc)}")
 
 
 ConfigErrorFactory = Callable[[tuple[Any, ...], str], Exception]
@@ -168,7 +170,8 @@ def build_worker(cls: type[Worker], server: str, options: Mapping[str, Any]) -> 
         ) from exc
     except Exception as exc:
         cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        raise LoadError(f"{class_path(cls)}: the constructor failed: {cause}") from exc
+        raise LoadError(f"{class_path(cls)}: the constructor failed: {cause}"
+                        f"{_location(exc)}") from exc
 
 
 def _check_keys(where: str, attributes: Mapping[str, Any]) -> None:
@@ -324,6 +327,21 @@ def load_jobs(
             worker = build_worker(cls, server, options_for(class_path(cls)))
             specs.extend(job_specs(worker))
     return specs
+
+
+def load_configured(settings: Settings, wanted: Wanted | str | None = None
+                    ) -> tuple[list[JobSpec], Callable[..., Any] | None]:
+    """Everything a master loads from its settings: the jobs (limits from
+    `job_runtime_attributes` applied) and the `unknown_job_callback`, imported after the
+    namespaces so that `lib` is on sys.path. Raises ConfigError or LoadError, in one line."""
+    specs = load_jobs(settings.namespaces, settings.lib, settings.server_string,
+                      lambda path: options_for(settings, path), settings.error,
+                      wanted if wanted is not None else settings.wanted)
+    specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
+    callback = (import_callback(settings.unknown_job_callback, "unknown_job_callback",
+                                settings.error)
+                if settings.unknown_job_callback else None)
+    return specs, callback
 
 
 def import_callback(spec: str, key: str = "unknown_job_callback",

@@ -7,8 +7,12 @@
 - namespaces or lib, or worker code changed on disk: the master cannot re-import cleanly in
   process, so it drains every process gracefully and re-executes itself (gunicorn's USR2
   model; the pid stays, so systemd keeps tracking it).
-A rolling restart asks the old processes to finish the job in hand while new ones start at
-once with the new settings, so no job in hand is lost and gearmand keeps the queued ones.
+Whenever new worker objects are needed, the new code is first loaded in a throw-away trial
+process (see `trial`): a reload whose code cannot be loaded is refused before anything is
+drained. A rolling restart asks the old processes to finish the job in hand while new ones start
+at once with the new settings, so no job in hand is lost and gearmand keeps the queued ones.
+Every reload ends in `Driver.finish_reload`, which keeps its `ReloadOutcome` (STATUS shows a
+refused one) and tells whoever asked for it (console `reload`, `gearman-driver reload`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gearman_driver.config import ConfigError, Settings, load_settings, options_for
 from gearman_driver.jobs import JobSpec, LoadError
 from gearman_driver.loader import apply_runtime_attributes, build_worker, job_specs
 from gearman_driver.logs import setup_logging
+from gearman_driver.trial import start_trial
 
 if TYPE_CHECKING:
     from gearman_driver.driver import Driver
@@ -31,25 +37,67 @@ log = logging.getLogger("gearman_driver.reload")
 CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend")
 
 
-def apply_reload(driver: Driver) -> str | None:
-    """Re-read and apply the config files; None when applied, else why they were refused
-    (and nothing changed)."""
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """How a reload ended: applied (`ok`), or refused with its one-line `error`."""
+
+    ok: bool
+    error: str = ""
+    finished_at: float = 0.0  # time.time()
+
+    @property
+    def status(self) -> str | None:
+        """What STATUS shows instead of the process counts, until the next good reload."""
+        return None if self.ok else (f"reload failed: {self.error}; "
+                                     f"running on the previous configuration")
+
+
+def apply_reload(driver: Driver) -> None:
+    """Re-read the config files and apply them, now or once the new worker code loaded in a
+    trial process; on any mistake nothing changes (the outcome says why)."""
     old = driver.settings
     driver.notifier.reloading()
     try:
         new = load_settings(old.config_files, driver.cli_overrides)
-        if _needs_reexec(driver, old, new):
-            if driver.request_reexec():
-                return None  # the new master sends READY=1
+        reexec = _needs_reexec(driver, old, new)
+        if reexec and not driver.reexec_allowed:
             raise ConfigError("the change needs a restart of gearman-driver (namespaces, lib "
                               "or worker code changed)")
-        new_specs = _rebuilt_specs(driver, old, new)
+        if reexec or _changed_classes(driver, old, new):
+            assert driver.selector is not None
+            driver.trial = start_trial(old, new, driver.selector, driver.close_in_child,
+                                       lambda error: _tried(driver, old, new, reexec, error))
+            return
+        _apply(driver, old, new)
+    except (ConfigError, LoadError, OSError) as exc:
+        _refuse(driver, str(exc))
+
+
+def _tried(driver: Driver, old: Settings, new: Settings, reexec: bool, error: str | None) -> None:
+    """The trial answered (or ran out of time): go on with the reload, or refuse it."""
+    driver.trial = None
+    if error is not None:
+        _refuse(driver, error)
+        return
+    if reexec:
+        log.info("the new worker code loads: re-executing the master")
+        driver.request_reexec()  # the new master sends READY=1
+        driver.finish_reload(None)
+        return
+    try:
+        _apply(driver, old, new)
     except (ConfigError, LoadError) as exc:
-        log.error("reload failed: %s; running on the previous configuration", exc)
-        driver.notifier.override = (f"reload failed: {exc}; "
-                                    f"running on the previous configuration")
-        driver.notifier.ready()
-        return str(exc)
+        _refuse(driver, str(exc))
+
+
+def _refuse(driver: Driver, error: str) -> None:
+    driver.finish_reload(error)
+    log.error("%s", driver.reload_outcome.status if driver.reload_outcome else error)
+    driver.notifier.ready()
+
+
+def _apply(driver: Driver, old: Settings, new: Settings) -> None:
+    new_specs = _rebuilt_specs(driver, old, new)
     driver.settings = new
     restart = {name for name, spec in new_specs.items()
                if _restart_needed(driver.jobs[name].spec, spec, old, new)}
@@ -63,36 +111,41 @@ def apply_reload(driver: Driver) -> str | None:
     if (new.loglevel, new.logfile, new.loglayout) != (old.loglevel, old.logfile, old.loglayout):
         setup_logging(new.loglevel, new.logfile, new.loglayout)
     driver.settings_changed(old)
-    driver.notifier.override = None
+    driver.finish_reload(None)
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
              f"; restarting {', '.join(sorted(restart))}" if restart else "")
     driver.notifier.ready()
-    return None
 
 
 def _needs_reexec(driver: Driver, old: Settings, new: Settings) -> bool:
     if (old.namespaces, old.lib) != (new.namespaces, new.lib):
-        log.info("namespaces or lib changed: re-executing the master")
+        log.info("namespaces or lib changed: the master will re-execute itself")
         return True
     changed = driver.changed_modules()
     if changed:
-        log.info("worker code changed (%s): re-executing the master", ", ".join(changed))
+        log.info("worker code changed (%s): the master will re-execute itself",
+                 ", ".join(changed))
         return True
     return False
+
+
+def _changed_classes(driver: Driver, old: Settings, new: Settings) -> set[str]:
+    """Classes whose worker objects must be built again: new server list or options."""
+    return {path for path in driver.loaded_workers
+            if old.server_string != new.server_string
+            or options_for(old, path) != options_for(new, path)}
 
 
 def _rebuilt_specs(driver: Driver, old: Settings, new: Settings) -> dict[str, JobSpec]:
     """Every loaded job's spec under the new settings (new worker objects where needed)."""
     specs: list[JobSpec] = []
-    rebuilt: set[str] = set()
+    rebuilt = _changed_classes(driver, old, new)
     for path, current in driver.loaded_workers.items():
-        if old.server_string == new.server_string and \
-                options_for(old, path) == options_for(new, path):
+        if path not in rebuilt:
             specs.extend(job_specs(current))
             continue
         worker = build_worker(type(current), new.server_string, options_for(new, path))
         specs.extend(job_specs(worker))
-        rebuilt.add(path)
     known = {name for name in driver.jobs if driver.jobs[name].spec.class_path in
              driver.loaded_workers}
     names = {spec.name for spec in specs}

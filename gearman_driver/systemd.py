@@ -29,7 +29,6 @@ class Notifier:
         self._next_watchdog = 0.0
         self._next_status = 0.0
         self._last_status = ""
-        self.override: str | None = None  # e.g. a failed reload, shown until the next good one
 
     def send(self, message: str) -> None:
         if self._notifier is not None:
@@ -59,4 +58,4 @@ class Notifier:
             self._next_watchdog = now + self.watchdog_every
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY
-            self.status(self.override or status())
+            self.status(status())

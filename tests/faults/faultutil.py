@@ -7,12 +7,13 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from gearman_driver.console_client import query
-from tests.gearmand_util import free_port
+from tests.gearmand_util import TestClient, free_port
 
 FIGURES_ENV = "GD_FAULT_FIGURES"
 
@@ -101,3 +102,47 @@ def record_figures(scenario: str, *, sent: int, completed: int, failed: int, los
            "notes": notes, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     with open(path, "a") as out:
         out.write(json.dumps(row) + "\n")
+
+
+class SteadyLoad:
+    """Foreground jobs submitted one after another from `clients` threads while a fault happens;
+    `sent`, `completed` and `lost` (not completed with its own workload echoed back) after stop.
+    """
+
+    def __init__(self, port: int, function: str, clients: int = 2, delay: str = "0.05") -> None:
+        self.port, self.function, self.delay = port, function, delay
+        self.results: list[tuple[bytes, str, bytes]] = []
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(clients)]
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _run(self, worker: int) -> None:
+        with TestClient(self.port, timeout=60) as client:
+            i = 0
+            while not self._done.is_set():
+                payload = f"{self.delay}:{worker}-{i}".encode()
+                outcome = client.submit(self.function, payload)
+                self.results.append((payload, outcome.final, outcome.result))
+                i += 1
+
+    @property
+    def sent(self) -> int:
+        return len(self.results)
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for payload, final, result in self.results
+                   if final == "complete" and result == payload)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.completed
