@@ -43,6 +43,14 @@ def test_one_shot_ok(server: ConsoleServer, capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out.splitlines() == STATUS
 
 
+def test_one_shot_ps_and_show_keep_every_byte(server: ConsoleServer,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--server", addr(server), "ps", "My::Workers::Two::scale_image"]) == 0
+    assert capsys.readouterr().out == " 815  idle     7  -\n4711  busy  1234  3\n"
+    assert main(["--server", addr(server), "show", "a"]) == 0
+    assert capsys.readouterr().out == SHOW_A + "\n"  # the trailing separator survives
+
+
 def test_one_shot_words_are_one_command(
     server: ConsoleServer, ctl: MemoryController, capsys: pytest.CaptureFixture[str]
 ) -> None:
