@@ -169,6 +169,18 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'answered, the 2 missing processes registered once there is room',
     ),
     (
+        '`test_console_access.py`',
+        'the daemon as root with a TCP console and a unix socket opened to everyone (mode '
+        '0666); as user nobody (setpriv), every changing command (`set_*`, `kill`, '
+        '`killall`, `reload`, `shutdown`) and every read (`status`, `show`, `ps`, `help`) '
+        'through `gearman-driver-console` on both transports, then `set_processes` as root; '
+        'the daemon as nobody with a nobody client; `console_allow_users: [nobody]` by '
+        'reload.',
+        'nobody gets `ERR permission_denied: uid 65534 …` for each change and its answer for '
+        'each read; the worker pid, the limits and the daemon are untouched; root may, on '
+        'both transports; the daemon\'s own user may; after the reload nobody may',
+    ),
+    (
         '`test_startup_errors.py`',
         'the daemon started with a pid file in a missing directory, a directory, a FIFO or a '
         'planted symlink (to a 0600 file) as pid file, a planted symlink as log file, a '

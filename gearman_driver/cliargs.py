@@ -55,6 +55,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
 _LIST_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("namespaces", "PACKAGE", "Python package holding worker modules (repeatable)"),
     ("lib", "DIR", "directory to put on sys.path before importing (repeatable)"),
+    ("console_allow_users", "USER", "user name or uid who may also change things over the "
+                                    "console, '*' for anyone (repeatable; see README)"),
 )
 
 

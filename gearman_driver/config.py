@@ -38,6 +38,7 @@ from gearman_driver.config_errors import (
     problems,
     read_source,
 )
+from gearman_driver.peercred import resolve_users
 from gearman_driver.scoreboard import MAX_PROCESSES
 
 __all__ = [
@@ -62,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "console_port": 47300,
     "console_host": "127.0.0.1",
     "console_socket": None,
+    "console_allow_users": [],
     "metrics_port": 0,
     "metrics_host": "127.0.0.1",
     "interval": 5,
@@ -138,6 +140,13 @@ def _check(doc: Source) -> None:
         raise ConfigError(f"{doc.where(())}: top level: nested too deeply") from None
     first_problem([p for error in errors for p in problems(error)], doc)
     found: list[Problem] = []
+    for index, user in enumerate(doc.data.get("console_allow_users") or []):
+        try:
+            resolve_users([user])
+        except KeyError:
+            found.append(Problem(("console_allow_users", index),
+                                 f"expected a user name, a uid or '*', got {got(user)} "
+                                 "(no such user)"))
     if "server" in doc.data:
         try:
             parse_server(doc.data["server"])
@@ -273,6 +282,7 @@ class Settings:
     console_port: int
     console_host: str
     console_socket: str | None
+    console_allow_users: tuple[str | int, ...]
     metrics_port: int
     metrics_host: str
     interval: float
@@ -333,6 +343,7 @@ def _settings(data: Mapping[str, Any], files: Sequence[str], origins: Any) -> Se
         console_port=int(data["console_port"]),
         console_host=data["console_host"],
         console_socket=data["console_socket"],
+        console_allow_users=tuple(data["console_allow_users"]),
         metrics_port=int(data["metrics_port"]),
         metrics_host=data["metrics_host"],
         interval=float(data["interval"]),

@@ -5,6 +5,10 @@ grow without bound: sockets are non-blocking, a line is at most 4 KiB, a client 
 not read its replies is throttled and then dropped, idle connections are closed from
 ``tick``, and a failing command is answered, never raised into the loop. Commands and their
 wording live in :mod:`gearman_driver.console_commands`.
+
+The console is no local root shell: a command that changes something is run only for root,
+the daemon's own user and the users of ``console_allow_users``; the peer's uid comes from
+the kernel (:mod:`gearman_driver.peercred`), on TCP as on the unix socket.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .console_commands import (
     handle_line,
 )
 from .paths import CannotCreate, describe_path_error, kind_of
+from .peercred import peer_uid
 from .streamserver import OUTPUT_HIGH_WATER, RECV_SIZE, Connection, StreamServer
 
 __all__ = ["MAX_CONNECTIONS", "MAX_LINE", "OUTPUT_HIGH_WATER", "RECV_SIZE", "ConsoleServer",
@@ -39,6 +44,22 @@ class _Conn(Connection):
     """One console client: lines in, replies ending with a "." line out."""
 
     server: ConsoleServer
+    _uid: int | None = None  # the peer's, once learned
+
+    def authorize(self) -> str | None:
+        """None when this peer may change things; otherwise why not (for the ERR line)."""
+        allowed = self.server.allowed_uids
+        if allowed is None:
+            return None
+        if self._uid is None:
+            self._uid = peer_uid(self.sock)
+        uid = self._uid
+        me = os.geteuid()
+        if uid is not None and (uid in (0, me) or uid in allowed):
+            return None
+        who = f"uid {uid}" if uid is not None else "a peer whose uid is unknown (not local)"
+        return (f"{who} may not change anything; only root, the daemon's user (uid {me}) "
+                "and console_allow_users may")
 
     def on_eof(self) -> None:
         """A last line without newline still counts (printf cmd | nc)."""
@@ -66,7 +87,8 @@ class _Conn(Connection):
             if len(line) > MAX_LINE:
                 self.respond(_TOO_LONG)
                 break
-            reply = handle_line(self.server.controller, line, self.server.log, self.peer)
+            reply = handle_line(self.server.controller, line, self.server.log, self.peer,
+                                self.authorize)
             if reply is not None:
                 self.respond(reply)
         self.flush()
@@ -115,13 +137,17 @@ class ConsoleServer(StreamServer):
         port: int | None = 47300,
         socket_path: str | None = None,
         idle_timeout: float = 300.0,
+        allowed_uids: frozenset[int] | None = frozenset(),
         log: logging.Logger | None = None,
     ) -> None:
+        """``allowed_uids``: who besides root and the daemon's user may change things; None
+        lets anyone (console_allow_users: ["*"])."""
         if port is None and socket_path is None:
             raise ValueError("console needs a TCP port or a unix socket path")
         super().__init__(selector, max_connections=MAX_CONNECTIONS, idle_timeout=idle_timeout,
                          log=log or logging.getLogger("gearman_driver.console"))
         self.controller = controller
+        self.allowed_uids = allowed_uids
         self.host = host
         self.port = port
         self.socket_path = socket_path

@@ -356,13 +356,20 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
 }
 
 
-_CHANGES = frozenset(
+#: Commands that change something: logged with who asked, and subject to the console's access
+#: rule (only root and the daemon's user, unless console_allow_users says otherwise).
+CHANGES = frozenset(
     {"set_min_processes", "set_max_processes", "set_processes", "kill", "killall", "shutdown",
      "reload"}
 )
 
+#: Says why this client may not run a changing command (None: it may); asked only when one
+#: arrives, so read-only clients cost no credential lookup.
+Authorize = Callable[[], "str | None"]
 
-def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "") -> Reply:
+
+def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "",
+            authorize: Authorize | None = None) -> Reply:
     """Run one command. User errors become ``ERR`` replies; a bug in a handler or in the
     controller is logged with its traceback and answered ``ERR internal_error`` so it never
     reaches the master's loop."""
@@ -371,8 +378,13 @@ def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "
         entry = COMMANDS.get(name)
         if entry is None:
             raise CommandError("unknown_command", one_line(name))
+        if name in CHANGES and authorize is not None:
+            denied = authorize()
+            if denied is not None:
+                log.warning("console %s: %s refused: %s", who, name, denied)
+                raise CommandError("permission_denied", denied)
         reply = entry[0](ctl, args)
-        if name in _CHANGES:  # operators want to know who changed what from the journal
+        if name in CHANGES:  # operators want to know who changed what from the journal
             log.info("console %s: %s%s", who, one_line(" ".join(words))[:500],
                      f" -> {reply.lines[0]}" if reply.lines else "")
         return reply
@@ -385,7 +397,8 @@ def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "
 
 
 def handle_line(
-    ctl: Controller, raw: bytes, log: logging.Logger, who: str = ""
+    ctl: Controller, raw: bytes, log: logging.Logger, who: str = "",
+    authorize: Authorize | None = None,
 ) -> Reply | None:
     """One received line, its end stripped or not; None for a blank line (no reply)."""
     try:
@@ -395,4 +408,4 @@ def handle_line(
     words = text.split()
     if not words:
         return None
-    return execute(ctl, words, log, who)
+    return execute(ctl, words, log, who, authorize)

@@ -250,12 +250,14 @@ class Driver:
         except ImportError:  # pragma: no cover - console module not installed
             return
         from gearman_driver.control import DriverControl
+        from gearman_driver.peercred import resolve_users
 
         assert self.selector is not None
         self.console = ConsoleServer(
             DriverControl(self), self.selector, host=self.settings.console_host,
             port=self.settings.console_port or None,
             socket_path=self.settings.console_socket,
+            allowed_uids=resolve_users(self.settings.console_allow_users),
         )
         self.console.open()
 
@@ -413,6 +415,10 @@ class Driver:
                     getattr(self, f"_open_{attr}")()
                 except OSError as exc:
                     log.error("cannot open the %s on its new address: %s", attr, exc)
+        if self.console is not None and old.console_allow_users != new.console_allow_users:
+            from gearman_driver.peercred import resolve_users
+
+            self.console.allowed_uids = resolve_users(new.console_allow_users)
 
     def limits_changed(self, name: str) -> None:
         """Console or reload changed a job's limits; every turn applies limits, so log only."""

@@ -137,7 +137,7 @@ def test_unknown_top_level_key_points_at_the_key(tmp_path: Path) -> None:
     path = write(tmp_path, "interval: 1\nintervall: 2\n")
     message = error_of([path])
     assert message.startswith(
-        f"{path}:2:1: intervall: unknown key (expected one of: console_host, console_port, "
+        f"{path}:2:1: intervall: unknown key (expected one of: console_allow_users, console_host, "
     )
     assert message.endswith("worker_backend, worker_options)")
 
