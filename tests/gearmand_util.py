@@ -231,8 +231,15 @@ class TestClient:
 
     def submit(self, function: str, data: bytes, unique: bytes = b"") -> JobOutcome:
         """Run a foreground job; return every packet seen up to its final one."""
+        return self.finish(self.start(function, data, unique))
+
+    def start(self, function: str, data: bytes, unique: bytes = b"") -> JobOutcome:
+        """Submit a foreground job and return once gearmand has created it; `finish` waits."""
         self.sock.sendall(encode_request(Cmd.SUBMIT_JOB, function.encode(), unique, data))
-        outcome = JobOutcome(handle=self._expect(Cmd.JOB_CREATED).args[0])
+        return JobOutcome(handle=self._expect(Cmd.JOB_CREATED).args[0])
+
+    def finish(self, outcome: JobOutcome) -> JobOutcome:
+        """Collect a started job's packets up to its final one."""
         while True:
             packet = self._next()
             if packet.cmd == Cmd.ERROR:

@@ -29,7 +29,7 @@ my $client = Gearman::Client->new(job_servers => [$server], exceptions => $excep
 my %opts = (
     on_status    => sub { print "status $_[0] $_[1]\n" },
     on_data      => sub { print 'data ', hex_of(${ $_[0] }), "\n" },
-    on_warning   => sub { print 'warning ', hex_of($_[0]), "\n" },
+    on_warning   => sub { print "warning ", hex_of(ref $_[0] ? ${ $_[0] } : $_[0]), "\n" },
     on_exception => sub { print 'exception ', hex_of($_[0]), "\n" },
     on_fail      => sub { print "fail\n" },
     on_complete  => sub { print 'complete ', hex_of(${ $_[0] }), "\n" },

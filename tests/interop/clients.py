@@ -62,11 +62,11 @@ def _run(cmd: list[str], workload: bytes) -> subprocess.CompletedProcess[bytes] 
 
 
 class GearmanCLI(Client):
-    """`gearman` from gearman-tools: the result (and WORK_DATA) on stdout, exit status 0;
-    WORK_WARNING text and "Job failed" on stderr with exit status 1."""
+    """`gearman` from gearman-tools: the result, WORK_DATA and WORK_STATUS ("50% Complete")
+    on stdout, WORK_WARNING on stderr, exit status 0; "Job failed" on stderr and status 1."""
 
     name = "gearman-cli"
-    features = frozenset({"data", "warning"})
+    features = frozenset({"status", "data", "warning"})
 
     def run(self, port: int, function: str, workload: bytes, *, background: bool = False,
             priority: Priority = None, unique: str | None = None,
@@ -84,7 +84,8 @@ class GearmanCLI(Client):
             return Outcome("timeout", detail=f"{cmd} did not return in {TIMEOUT} s")
         detail = f"rc={done.returncode} stderr={done.stderr!r}"
         if done.returncode == 0:
-            return Outcome("queued" if background else "complete", done.stdout, detail=detail)
+            return Outcome("queued" if background else "complete", done.stdout,
+                           warnings=[done.stderr] if done.stderr else [], detail=detail)
         if b"Job failed" in done.stderr:
             return Outcome("fail", done.stdout, detail=detail)
         return Outcome("error", done.stdout, detail=detail)
@@ -176,10 +177,11 @@ class PhpClient(_Script):
 
 class PhpDoNormalClient(PhpClient):
     """GearmanClient's doNormal()/doHigh()/doLow(): what most PHP code calls; the outcome
-    comes from returnCode(). It drops WORK_DATA that arrives with the result."""
+    comes from returnCode(). It returns WORK_DATA joined to the result, drops it on a failure,
+    and shows no status."""
 
     name = "php-doNormal"
-    features = frozenset({"status"})
+    features: frozenset[str] = frozenset()
     options = ("--do",)
 
 
