@@ -113,6 +113,17 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'at most 10 processes started: fails today (bug 4); the figure shows the fork rate',
     ),
     (
+        '`test_undelivered.py`',
+        'one background poison job under `--job-retries=0`, watched for 5 s, on both '
+        'backends, four ways for its process to die before the result reaches gearmand: '
+        'the `end` hook or the job closes every descriptor (sending the result fails), '
+        '`os._exit` in the `end` hook, `os._exit` in the job while a client keeps sending '
+        'good jobs to the two processes of the job.',
+        'at most 8 replacements in 5 s (288–428 before the fix: a death after the job '
+        'counted as done was replaced at once); the logged waits double from 0.1 s with '
+        'every death of that job, also while good jobs complete; every good job completes',
+    ),
+    (
         '`test_recycling.py`',
         '`max_jobs_per_process: 100`, min = max = 1, 1,000 foreground jobs that return '
         'their pid.',
@@ -226,9 +237,9 @@ GEARMAND = """\
   `0` it does so forever, so a job that kills every process that takes it (a *poison job*) is
   retried for ever, each time costing a process. With `N > 0` the job is dropped after its
   N-th try: a foreground client receives `WORK_FAIL` (measured: exactly N tries, then FAIL), a
-  background job is deleted. gearman-driver replaces each
-  process that died holding a job at once (that is not a failed start), so with the default
-  a poison job means one fork per try, ~70 forks/s here, for ever (bug 4 below); set
+  background job is deleted. gearman-driver counts each death of a process holding a job
+  as a failed start (bugs 4 and 5 below), so with the default a poison job costs forks at a
+  rate that halves with each try, down to one a minute, for ever; set
   `--job-retries` on gearmand (e.g. `3`) in production: on Debian, add it to `PARAMS` in
   `/etc/default/gearman-job-server`
   (its systemd unit passes `$PARAMS` to gearmand).
@@ -270,11 +281,21 @@ check.
    job straight to the replacement: ~340 processes in 5 s. Such a death now counts as a failed
    start, with a backoff ramping from 0.1 s (1 s for a process that died idle), reset once a
    process of the job completes a job: 6 starts in 5 s, and fewer each second after.
+5. **A death after the job ran but before its result reached gearmand bypassed that backoff**
+   — `tests/faults/test_undelivered.py`. The scoreboard counted the job as done when its code
+   returned, so a process whose `end` hook closed its descriptors (the send fails, the process
+   dies, gearmand re-queues) was "replaced at once": 288–428 forks in 5 s; and a healthy
+   sibling's results reset the backoff of a poison job that killed its processes after their
+   first job. A slot now stays BUSY until the backend has written the result to the socket
+   (LOST when the write failed); any death BUSY or LOST is a failed start whose wait doubles
+   with every death of the same job handle: 5–6 forks in 5 s, then at most one a minute.
 """
 
 
 ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "processes die",
-         "poison job, gearmand --job", "poison job, gearmand default", "max_jobs_per_process",
+         "poison job, gearmand --job", "poison job, gearmand default",
+         "result not delivered",
+         "max_jobs_per_process",
          "bad config", "config read bounds", "console abuse", "SIGTERM", "process ceiling",
          "fork fails", "console control", "console flood", "start-up error", "reload refused"]
 

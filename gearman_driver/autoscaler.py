@@ -100,7 +100,8 @@ class Autoscaler:
                 reason = "scale up" if waiting else "min_processes"
                 if self.freeze:
                     gc.freeze()  # what is shared now stays untouched by the children's gc
-                for _ in range(decision.start):
+                # after a failed start, one process at a time probes whether the job works
+                for _ in range(1 if job.failed_starts else decision.start):
                     if driver.processes.start(job, reason) is None:
                         break  # backed off: no more tries this turn
             for pid in decision.stop:
@@ -129,7 +130,7 @@ class Autoscaler:
         processes = []
         for process in job.processes.values():
             view = scoreboard.read(process.slot)
-            if view.jobs_done and job.failed_starts:
+            if view.delivered and job.failed_starts:
                 job.failed_starts = 0  # a process of this job works: the next failure is new
             since = view.last_job_end if view.last_job_end else view.started
             processes.append(ProcessFigures(process.pid, view.state == State.BUSY,

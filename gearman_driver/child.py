@@ -168,7 +168,8 @@ def run_child(
             client_id(master_pid, spec.name, pid),
             runners,
             BackendHooks(should_stop=lambda: stop[0], on_registered=on_registered,
-                         on_disconnected=on_disconnected, wakeup_fd=wakeup_read),
+                         on_disconnected=on_disconnected, wakeup_fd=wakeup_read,
+                         on_result_sent=writer.result_sent),
         )
         backend.run()
     except SystemExit as exc:

@@ -13,6 +13,8 @@ from typing import Any
 from gearman_driver.scoreboard import Counters
 from gearman_driver.worker import Worker
 
+LOST_HANDLES_KEPT = 256
+
 
 class LoadError(Exception):
     """A user's mistake found while loading worker code: one line, exit status 78."""
@@ -79,12 +81,21 @@ class Job:
     last_error_msg: str = ""
     failed_starts: int = 0  # in a row; reset by a process that works
     next_start_at: float = 0.0  # monotonic; backoff after failed starts
+    lost_by_handle: dict[str, int] = field(default_factory=dict)  # deaths per job handle
     # Totals since the master started, for the metrics (live processes add their slots).
     counters: Counters = field(default_factory=Counters.zero)  # of processes that exited
     starts_total: int = 0
     failed_starts_total: int = 0
     timeouts_total: int = 0
     recycled_total: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def count_lost(self, handle: str) -> int:
+        """One more process died holding `handle`; how many have (the newest handles kept)."""
+        count = self.lost_by_handle.pop(handle, 0) + 1
+        self.lost_by_handle[handle] = count
+        if len(self.lost_by_handle) > LOST_HANDLES_KEPT:
+            del self.lost_by_handle[next(iter(self.lost_by_handle))]
+        return count
 
     @property
     def name(self) -> str:

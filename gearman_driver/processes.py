@@ -1,9 +1,11 @@
 """Starting, stopping and reaping worker processes: fork safely, stop gracefully, never loop.
 
-A process that exits within FAILED_START_WINDOW of its start without finishing a job is a failed
-start: the job's next start is delayed exponentially (1 s, 2 s, … capped at 60 s; from 0.1 s when
-it died holding its first job, a likely poison job), so a broken worker never turns into a fork
-loop. A process that finished a job and then died is replaced at once.
+A process that exits within FAILED_START_WINDOW of its start without delivering a result, or
+that dies at any age holding a job whose result it has not sent (the scoreboard says BUSY until
+the result is written to gearmand's socket), is a failed start: the job's next start is delayed
+exponentially (1 s, 2 s, … capped at 60 s; from 0.1 s for a death holding a job, which gearmand
+re-queues for the replacement — a likely poison job), so no crash pattern turns into a fork
+loop. A process that dies idle after delivering results is replaced at once.
 
 A start that cannot happen at all (fork fails with EAGAIN under a pids cgroup or RLIMIT_NPROC,
 or every scoreboard slot is taken) holds every start of the driver back for FORK_RETRY_BASE
@@ -223,20 +225,29 @@ class ProcessManager:
             _count_recycled(job, RECYCLE_REASONS.get(process.cause))
             return
         lived = now - process.started
-        if lived < FAILED_START_WINDOW and view.jobs_done == 0:
-            # Also when it died holding its first job: gearmand hands that job straight to the
-            # replacement, so replacing at once would fork as fast as the job kills. Such a
-            # process did start, so its backoff ramps from a shorter first step.
+        # its job is back in gearmand's queue, for the next worker
+        lost = view.state in (State.BUSY, State.LOST)
+        if lost or (lived < FAILED_START_WINDOW and view.delivered == 0):
+            # A death holding a job: gearmand hands that job straight to the replacement, so
+            # replacing at once would fork as fast as the job kills. Such a process did start,
+            # so its backoff ramps from a shorter first step; and the step counts the deaths
+            # this very job (handle) caused, which a healthy sibling's results do not reset.
             job.failed_starts += 1
             job.failed_starts_total += 1
-            base = POISON_BACKOFF_BASE if view.state == State.BUSY else BACKOFF_BASE
-            delay = min(BACKOFF_CAP, base * 2.0 ** (job.failed_starts - 1))
+            steps = job.failed_starts
+            if lost and view.handle:
+                steps = max(steps, job.count_lost(view.handle))
+            base = POISON_BACKOFF_BASE if lost else BACKOFF_BASE
+            delay = min(BACKOFF_CAP, base * 2.0 ** (steps - 1))
             job.next_start_at = now + delay
-            message = f"process exited {lived:.1f}s after its start ({how})"
+            if lost:
+                message = (f"process died {lived:.1f}s after its start holding job "
+                           f"{view.handle or '?'} before its result was sent ({how})")
+            else:
+                message = f"process exited {lived:.1f}s after its start ({how})"
             job.last_error, job.last_error_msg = time.time(), message
             log.error("process %d of %s failed to start: %s; %d failed start(s) in a row, "
-                      "next start in %gs", process.pid, job.name, message, job.failed_starts,
-                      delay)
+                      "next start in %gs", process.pid, job.name, message, steps, delay)
         else:
             job.failed_starts = 0
             job.next_start_at = 0.0

@@ -21,6 +21,7 @@ class State(IntEnum):
     STARTING = 1
     IDLE = 2
     BUSY = 3
+    LOST = 4  # idle, but the last result never reached gearmand (the connection failed)
 
 
 #: The ceiling of processes per driver, and so per job (min_processes, max_processes): one
@@ -33,8 +34,8 @@ HANDLE_BYTES = 64
 # change on the job path; the master reads the whole slot.
 _FIELDS = (
     ("seq", "I"), ("pid", "i"), ("state", "B"), ("pad", "x"), ("registered", "H"),
-    ("jobs_done", "Q"), ("started", "d"), ("job_started", "d"), ("last_end", "d"),
-    ("last_end_mono", "d"), ("last_error", "d"), ("error_len", "H"),
+    ("jobs_done", "Q"), ("delivered", "Q"), ("started", "d"), ("job_started", "d"),
+    ("last_end", "d"), ("last_end_mono", "d"), ("last_error", "d"), ("error_len", "H"),
     ("error", f"{ERROR_BYTES}s"), ("handle_len", "H"), ("handle", f"{HANDLE_BYTES}s"),
 )
 _LAYOUT = struct.Struct("<" + "".join(fmt for _, fmt in _FIELDS))
@@ -44,7 +45,7 @@ _HEAD = struct.Struct("<I")
 _STATE = struct.Struct("<B")
 _REGISTERED = struct.Struct("<H")
 _DOUBLE = struct.Struct("<d")
-_DONE = struct.Struct("<Q")  # jobs_done
+_DONE = struct.Struct("<Q")  # jobs_done, delivered
 _ENDS = struct.Struct("<dd")  # last_end, last_end_mono
 _ERROR = struct.Struct(f"<dH{ERROR_BYTES}s")  # last_error, error_len, error
 _HANDLE = struct.Struct(f"<H{HANDLE_BYTES}s")
@@ -93,7 +94,8 @@ class SlotView:
     pid: int
     state: State
     registered: int
-    jobs_done: int
+    jobs_done: int  # jobs whose code ran to the end in this process
+    delivered: int  # results written to gearmand's socket; a dead process lost any others
     started: float
     job_started: float
     last_job_end: float
@@ -119,13 +121,13 @@ class Scoreboard:
     def allocate(self, pid_placeholder: int = 0) -> int:
         """Reserve a free slot for a process about to be forked; IndexError when full."""
         slot = self._free.pop()
-        self._write(slot, pid_placeholder, State.STARTING, 0, 0, time.time(),
+        self._write(slot, pid_placeholder, State.STARTING, 0, 0, 0, time.time(),
                     0.0, 0.0, 0.0, 0.0, b"", b"")
         return slot
 
     def release(self, slot: int) -> None:
         """Give a slot back once its process has been reaped (fold its counters first)."""
-        self._write(slot, 0, State.FREE, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"")
+        self._write(slot, 0, State.FREE, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"")
         self._free.append(slot)
 
     def counters(self, slot: int) -> Counters:
@@ -145,10 +147,10 @@ class Scoreboard:
             values = _LAYOUT.unpack_from(self._mem, offset)
             if values[0] % 2 == 0 and _HEAD.unpack_from(self._mem, offset)[0] == values[0]:
                 break
-        (_, pid, state, registered, jobs_done, started, job_started, last_end, last_end_mono,
-         last_error, length, text, handle_length, handle) = values
+        (_, pid, state, registered, jobs_done, delivered, started, job_started, last_end,
+         last_end_mono, last_error, length, text, handle_length, handle) = values
         return SlotView(
-            pid, State(state), registered, jobs_done, started, job_started, last_end,
+            pid, State(state), registered, jobs_done, delivered, started, job_started, last_end,
             last_end_mono, last_error, text[:length].decode("utf-8", "replace"),
             handle[:handle_length].decode("ascii", "replace"),
         )
@@ -158,9 +160,9 @@ class Scoreboard:
         return SlotWriter(self, slot)
 
     def _write(
-        self, slot: int, pid: int, state: int, registered: int, jobs_done: int, started: float,
-        job_started: float, last_end: float, last_end_mono: float, last_error: float,
-        error: bytes, handle: bytes,
+        self, slot: int, pid: int, state: int, registered: int, jobs_done: int, delivered: int,
+        started: float, job_started: float, last_end: float, last_end_mono: float,
+        last_error: float, error: bytes, handle: bytes,
     ) -> None:
         offset = slot * _SLOT_SIZE
         seq = _HEAD.unpack_from(self._mem, offset)[0]
@@ -168,7 +170,8 @@ class Scoreboard:
         error = error[:ERROR_BYTES]
         handle = handle[:HANDLE_BYTES]
         _LAYOUT.pack_into(
-            self._mem, offset, seq + 1, pid, state, registered, jobs_done, started, job_started,
+            self._mem, offset, seq + 1, pid, state, registered, jobs_done, delivered, started,
+            job_started,
             last_end, last_end_mono, last_error, len(error), error, len(handle), handle,
         )
         if state in (State.FREE, State.STARTING):  # a new or reused slot counts from zero
@@ -189,6 +192,7 @@ class SlotWriter:
         self.slot = slot
         self._seq = _HEAD.unpack_from(self._mem, self._base)[0]
         self.jobs_done = 0
+        self.delivered = 0
         self._job_started = time.monotonic()
         start = self._base + _COUNTERS_AT
         area = memoryview(self._mem)[start:start + _COUNTERS.size]
@@ -227,8 +231,9 @@ class SlotWriter:
         self._end()
 
     def job_finished(self, error: str | None = None, function: int = 0) -> None:
-        """The job in hand is over: count it, by `function` (its index in the job) and outcome
-        (failed when `error` is given), and its duration into the histogram."""
+        """The job's code is over: count it, by `function` (its index in the job) and outcome
+        (failed when `error` is given), and its duration into the histogram. The process
+        stays BUSY until `result_sent`."""
         now, mono = time.time(), time.monotonic()
         self.jobs_done += 1
         mem, base = self._mem, self._begin()
@@ -247,5 +252,16 @@ class SlotWriter:
         if error is not None:
             text = " ".join(error.split()).encode("utf-8", "replace")[:ERROR_BYTES]
             _ERROR.pack_into(mem, base + _OFFSET["last_error"], now, len(text), text)
-        _STATE.pack_into(mem, base + _OFFSET["state"], State.IDLE)
+        self._end()
+
+    def result_sent(self, delivered: bool) -> None:
+        """The backend wrote the result to gearmand's socket (or lost the connection trying).
+
+        Only now is the job off our hands: a process that dies BUSY took a job with it,
+        which gearmand hands to the next worker, so the master backs off its replacement."""
+        mem, base = self._mem, self._begin()
+        if delivered:
+            self.delivered += 1
+            _DONE.pack_into(mem, base + _OFFSET["delivered"], self.delivered)
+        _STATE.pack_into(mem, base + _OFFSET["state"], State.IDLE if delivered else State.LOST)
         self._end()

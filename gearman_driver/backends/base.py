@@ -69,11 +69,15 @@ class BackendHooks:
     on_registered: called with the server once gearmand has confirmed (ECHO round trip after
         CAN_DO) that this connection's functions are registered; again after each reconnect.
     on_disconnected: called with the server when a connection is lost.
+    on_result_sent: called after a runner's result was written to gearmand's socket (True)
+        or could not be (False: the connection failed; gearmand re-queues the job). Until
+        then the job counts as in hand: a process that dies before it lost the job.
     """
 
     should_stop: Callable[[], bool]
     on_registered: Callable[[Server], None] = lambda server: None
     on_disconnected: Callable[[Server], None] = lambda server: None
+    on_result_sent: Callable[[bool], None] = lambda delivered: None
     poll_interval: float = 0.5
     wakeup_fd: int | None = None
 

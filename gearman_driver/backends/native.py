@@ -224,9 +224,16 @@ class NativeBackend(WorkerBackend):
         entry = self.runners.get(function)
         if entry is None:
             log.error("%s assigned unregistered function %r; failing it", conn.label, function)
-            result = JobResult("fail")
-        else:
-            result = entry[1](NativeJob(handle, unique, entry[0], workload, conn))
+            self._send_result(conn, handle, JobResult("fail"))
+            return
+        self._send_result(conn, handle,
+                          entry[1](NativeJob(handle, unique, entry[0], workload, conn)))
+        if conn.out and conn.dead is None:  # a large result: it is ours until it is out
+            conn.flush_blocking(conn.write_timeout)
+        self.hooks.on_result_sent(conn.dead is None and conn.sock is not None)
+
+    def _send_result(self, conn: ServerConnection, handle: bytes, result: JobResult) -> None:
+        """Send the result, pipelined with the next grab if we go on."""
         status = result.status
         if status == "complete":
             data = result.data

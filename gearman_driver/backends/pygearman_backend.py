@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import time
@@ -107,18 +108,23 @@ class _Worker(gearman.GearmanWorker):
 
     def on_job_execute(self, current_job: Any) -> bool:
         result = self.backend.run_job(self, current_job)
-        if result.status == "complete":
-            self.send_job_complete(current_job, result.data)
-            return True
-        if result.status == "exception":
-            # WORK_EXCEPTION alone: gearmand 1.1.20 ends the job on it, and pygearman's own
-            # send_job_exception() follows it with a WORK_FAIL that earns an ERROR
-            handler = self._get_handler_for_job(current_job)
-            handler.send_job_exception(current_job, result.data)
-            self.wait_until_updates_sent([current_job])
-        else:
-            self.send_job_failure(current_job)
-        return False
+        delivered = False
+        try:
+            if result.status == "complete":
+                self.send_job_complete(current_job, result.data)
+            elif result.status == "exception":
+                # WORK_EXCEPTION alone: gearmand 1.1.20 ends the job on it, and pygearman's own
+                # send_job_exception() follows it with a WORK_FAIL that earns an ERROR
+                handler = self._get_handler_for_job(current_job)
+                handler.send_job_exception(current_job, result.data)
+                self.wait_until_updates_sent([current_job])
+            else:
+                self.send_job_failure(current_job)
+            connection = current_job.connection  # pygearman waits until it is written
+            delivered = connection.connected and not connection.writable()
+        finally:
+            self.backend.hooks.on_result_sent(delivered)
+        return result.status == "complete"
 
 
 class PygearmanBackend(WorkerBackend):
@@ -152,6 +158,10 @@ class PygearmanBackend(WorkerBackend):
                 except ServerUnavailable:
                     pass
                 except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        # our descriptors were closed under us (by the job): pygearman cannot
+                        # recover; exit, and the master backs off the replacement
+                        raise
                     log.warning("gearman connection error: %s", exc)
                 if time.monotonic() - started > 1.0:
                     backoff = 0.1  # it had been working: this is a new outage

@@ -39,3 +39,25 @@ def test_slots_are_reused_and_long_errors_truncated() -> None:
     assert board.read(first).state == State.FREE
     assert board.allocate() == first
     assert second != first
+
+
+def test_a_job_is_in_hand_until_its_result_is_sent() -> None:
+    """The master backs off a process that died before its result reached gearmand: the
+    slot stays BUSY after the job's code ends, and says whether the result went out."""
+    board = Scoreboard(1)
+    slot = board.allocate()
+    writer = board.child_writer(slot)
+    writer.ready(10)
+    writer.job_started(b"H:1")
+    writer.job_finished()
+    view = board.read(slot)
+    assert (view.state, view.jobs_done, view.delivered) == (State.BUSY, 1, 0)
+    writer.result_sent(True)
+    view = board.read(slot)
+    assert (view.state, view.delivered) == (State.IDLE, 1)
+    writer.job_started(b"H:2")
+    writer.job_finished()
+    writer.result_sent(False)
+    view = board.read(slot)
+    assert (view.state, view.jobs_done, view.delivered, view.handle) == (State.LOST, 2, 1, "H:2")
+    assert not view.busy
