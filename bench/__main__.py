@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import control, memory, profile, reaction, report, startup, throughput
+from bench import control, memory, metrics, profile, reaction, report, startup, throughput
 from bench.common import ROOT, Context, Section, progress, scratch_dir
 
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "reaction": reaction.run,
     "control": control.run,
     "profile": profile.run,
+    "metrics": metrics.run,
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, JobRunner, backend_class
 from gearman_driver.jobs import JobSpec, MethodSpec
 from gearman_driver.logs import set_process_context
-from gearman_driver.scoreboard import SlotWriter
+from gearman_driver.scoreboard import SlotWriter, function_slot
 
 log = logging.getLogger("gearman_driver.child")
 
@@ -64,6 +64,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     """
     worker = spec.worker
     body, encode, decode, function = method.body, method.encode, method.decode, method.function
+    index = function_slot(index)
     exceptions = method.exceptions
 
     def run(job: GearmanJob) -> JobResult:

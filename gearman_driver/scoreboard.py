@@ -9,9 +9,11 @@ write is in progress) lets the reader retry instead of seeing a torn record.
 from __future__ import annotations
 
 import mmap
+import operator
 import struct
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -61,30 +63,48 @@ _N_BUCKETS = len(DURATION_BUCKETS) + 1
 _COUNTERS_AT = (_LAYOUT.size + 7) // 8 * 8
 _COUNTERS = struct.Struct(f"=d{_N_BUCKETS + 2 * MAX_FUNCTIONS}Q")  # native: memoryview casts
 _ZERO_COUNTERS = bytes(_COUNTERS.size)
+_COUNTER_COUNT = 1 + _N_BUCKETS + 2 * MAX_FUNCTIONS
+_OUTCOME_AT = tuple(_N_BUCKETS + 2 * f for f in range(MAX_FUNCTIONS))
+_STATE_AT = _OFFSET["state"]
 _SLOT_SIZE = (_COUNTERS_AT + _COUNTERS.size + 63) // 64 * 64
+
+
+def function_slot(index: int) -> int:
+    """Where a job's function `index` is counted: functions past MAX_FUNCTIONS share the last."""
+    return min(index, MAX_FUNCTIONS - 1)
 
 
 @dataclass(slots=True)
 class Counters:
     """Finished jobs of one slot, or their sum over many: what the metrics report.
 
-    ``buckets[i]`` counts jobs that took at most ``DURATION_BUCKETS[i]`` seconds and more than
-    the bound before it (the last, +Inf, the rest); ``outcomes[2 * f]`` and
-    ``outcomes[2 * f + 1]`` count complete and failed jobs of the job's function ``f``.
+    ``values`` is the slot's counter area as it is laid out: the duration sum, then
+    ``buckets[i]`` counting jobs that took at most ``DURATION_BUCKETS[i]`` seconds and more
+    than the bound before it (the last, +Inf, the rest), then ``outcomes[2 * f]`` and
+    ``outcomes[2 * f + 1]``, the complete and failed jobs of the job's function ``f``.
     """
 
-    duration_sum: float
-    buckets: list[int]
-    outcomes: list[int]
+    values: list[float]
 
     @classmethod
     def zero(cls) -> Counters:
-        return cls(0.0, [0] * _N_BUCKETS, [0] * (2 * MAX_FUNCTIONS))
+        return cls([0] * _COUNTER_COUNT)
 
-    def add(self, other: Counters) -> None:
-        self.duration_sum += other.duration_sum
-        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
-        self.outcomes = [a + b for a, b in zip(self.outcomes, other.outcomes, strict=True)]
+    def add(self, values: Sequence[float]) -> None:
+        """Add a slot's `Scoreboard.counters` (or another Counters' values)."""
+        self.values = list(map(operator.add, self.values, values))
+
+    @property
+    def duration_sum(self) -> float:
+        return self.values[0]
+
+    @property
+    def buckets(self) -> list[float]:
+        return self.values[1:1 + _N_BUCKETS]
+
+    @property
+    def outcomes(self) -> list[float]:
+        return self.values[1 + _N_BUCKETS:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,16 +150,20 @@ class Scoreboard:
         self._write(slot, 0, State.FREE, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"")
         self._free.append(slot)
 
-    def counters(self, slot: int) -> Counters:
-        """A consistent copy of a slot's job counters (same retry rule as `read`)."""
+    def counters(self, slot: int) -> tuple[float, ...]:
+        """A consistent copy of a slot's counter area (see `Counters`), same retry as `read`."""
         offset = slot * _SLOT_SIZE
+        mem = self._mem
         for _ in range(1000):
-            seq = _HEAD.unpack_from(self._mem, offset)[0]
-            values = _COUNTERS.unpack_from(self._mem, offset + _COUNTERS_AT)
-            if seq % 2 == 0 and _HEAD.unpack_from(self._mem, offset)[0] == seq:
+            seq = _HEAD.unpack_from(mem, offset)[0]
+            values: tuple[float, ...] = _COUNTERS.unpack_from(mem, offset + _COUNTERS_AT)
+            if seq % 2 == 0 and _HEAD.unpack_from(mem, offset)[0] == seq:
                 break
-        return Counters(values[0], list(values[1:1 + _N_BUCKETS]),
-                        list(values[1 + _N_BUCKETS:]))
+        return values
+
+    def busy(self, slot: int) -> bool:
+        """Whether a slot's process is running a job (one byte: no torn read possible)."""
+        return _STATE.unpack_from(self._mem, slot * _SLOT_SIZE + _STATE_AT)[0] == State.BUSY
 
     def read(self, slot: int) -> SlotView:
         offset = slot * _SLOT_SIZE
@@ -182,9 +206,9 @@ class Scoreboard:
 
 class SlotWriter:
     """The child's handle on its own slot: the only writer of that slot while the child lives,
-    so it keeps the sequence counter and its counters itself and rewrites only the fields that
-    changed (a few struct writes per job, no read). The counters are written through typed
-    views of the slot: an item store costs less than a `pack_into`."""
+    so it keeps the sequence counter itself and rewrites only the fields that changed (a few
+    struct writes per job). The counters are updated through typed views of the slot: an
+    item update costs less than a `pack_into`."""
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self._mem = board._mem
@@ -198,8 +222,6 @@ class SlotWriter:
         area = memoryview(self._mem)[start:start + _COUNTERS.size]
         self._sum_view = area[:8].cast("d")
         self._count_view = area[8:].cast("Q")  # buckets, then outcomes
-        self._duration_sum = 0.0
-        self._counts = [0] * (_N_BUCKETS + 2 * MAX_FUNCTIONS)
 
     def _begin(self) -> int:
         self._seq += 1  # odd: a reader retries until the write is over
@@ -231,7 +253,7 @@ class SlotWriter:
         self._end()
 
     def job_finished(self, error: str | None = None, function: int = 0) -> None:
-        """The job's code is over: count it, by `function` (its index in the job) and outcome
+        """The job's code is over: count it, by `function` (see `function_slot`) and outcome
         (failed when `error` is given), and its duration into the histogram. The process
         stays BUSY until `result_sent`."""
         now, mono = time.time(), time.monotonic()
@@ -240,15 +262,10 @@ class SlotWriter:
         _DONE.pack_into(mem, base + _OFFSET["jobs_done"], self.jobs_done)
         _ENDS.pack_into(mem, base + _OFFSET["last_end"], now, mono)
         duration = mono - self._job_started
-        counts, view = self._counts, self._count_view
-        index = bisect_left(DURATION_BUCKETS, duration)
-        counts[index] += 1
-        view[index] = counts[index]
-        index = _N_BUCKETS + 2 * min(function, MAX_FUNCTIONS - 1) + (error is not None)
-        counts[index] += 1
-        view[index] = counts[index]
-        self._duration_sum += duration
-        self._sum_view[0] = self._duration_sum
+        counts = self._count_view
+        counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        counts[_OUTCOME_AT[function] + (error is not None)] += 1
+        self._sum_view[0] += duration
         if error is not None:
             text = " ".join(error.split()).encode("utf-8", "replace")[:ERROR_BYTES]
             _ERROR.pack_into(mem, base + _OFFSET["last_error"], now, len(text), text)

@@ -22,6 +22,7 @@ SECTIONS = {
     "## Reaction": r"\d+\.\d+",
     "## Control plane": r"\d+\.\d+ s",
     "## Profile": r"\d+\.\d+ µs",
+    "## Metrics": r"\d+\.\d+ ms",
 }
 
 

@@ -15,7 +15,7 @@ from gearman_driver.looplag import LoopLag
 from gearman_driver.metrics import MetricsSource, exposition, make_registry
 from gearman_driver.observer import FunctionStatus, Snapshot
 from gearman_driver.processes import ProcessManager
-from gearman_driver.scoreboard import MAX_FUNCTIONS, Counters, Scoreboard
+from gearman_driver.scoreboard import MAX_FUNCTIONS, Counters, Scoreboard, function_slot
 from gearman_driver.worker import Worker
 from tests.gearmand_util import wait_for
 
@@ -53,7 +53,7 @@ def run_jobs(board: Scoreboard, slot: int, jobs: list[tuple[int, str | None, flo
     for function, error, seconds in jobs:
         writer.job_started(b"H:1")
         writer._job_started -= seconds  # as if the job had begun `seconds` ago
-        writer.job_finished(error, function)
+        writer.job_finished(error, function_slot(function))
         writer.result_sent(True)
 
 
@@ -73,7 +73,7 @@ def test_live_slots_and_folded_totals_add_up_per_function_and_result() -> None:
     jobs.add_process(group, Process(102, second, "group", 0.0))
     run_jobs(board, first, [(0, None, 0.001), (0, "ValueError: x", 0.02), (1, None, 7.0)])
     run_jobs(board, second, [(1, None, 0.3)])
-    group.counters.add(Counters(1.5, [0] * 7 + [1] + [0] * 8, [3, 0, 0, 1] + [0] * 60))
+    group.counters.add([1.5] + [0] * 7 + [1] + [0] * 8 + [3, 0, 0, 1] + [0] * 60)
     board.child_writer(second).job_started(b"H:2")  # busy now
 
     samples = scrape(source_for(jobs, board))
@@ -185,7 +185,7 @@ def test_a_reaped_process_keeps_its_counts_and_its_slot_starts_from_zero() -> No
     assert solo.counters.outcomes[:2] == [1, 1]
     assert sum(solo.counters.buckets) == 2
     assert solo.recycled_total == {"died": 1}
-    assert board.counters(board.allocate()) == Counters.zero()
+    assert Counters(list(board.counters(board.allocate()))) == Counters.zero()
     samples = scrape(source_for(jobs, board))
     assert samples[("gearman_driver_job_duration_seconds_count", (("job_name", "solo"),))] == 2
 
