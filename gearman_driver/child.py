@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, JobRunner, backend_class
 from gearman_driver.jobs import JobSpec, MethodSpec
-from gearman_driver.logs import set_process_context
+from gearman_driver.logs import job_done, job_in_hand, set_process_context
 from gearman_driver.scoreboard import SlotWriter, function_slot
 
 log = logging.getLogger("gearman_driver.child")
@@ -69,6 +69,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
 
     def run(job: GearmanJob) -> JobResult:
         writer.job_started(job.handle)
+        job_in_hand(function, job.handle.decode("ascii", "replace"))
         error: str | None = None
         try:
             workload = decode(job.workload) if decode else job.workload
@@ -88,6 +89,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
                 return JobResult("exception", error.encode("utf-8", "replace"))
             return JobResult("fail")
         finally:
+            job_done()
             writer.job_finished(error, index)
             after_job()
 
@@ -140,7 +142,7 @@ def run_child(
 
         pid = os.getpid()
         gc.enable()
-        set_process_context(f"{spec.name}[{pid}]")
+        set_process_context(f"{spec.name}[{pid}]", job=spec.name)
         _set_title(spec)
         writer.ready(pid)
 

@@ -3,8 +3,10 @@
 Layout placeholders (Gearman::Driver's `loglayout`): `%d` date and time, `%p` level, `%m` message
 (prefixed with `job[pid]: ` in worker processes), `%n` newline, `%c` logger name, `%P` pid,
 `%%` a literal percent sign. Anything else is printed as it stands.
-When stderr is the systemd journal (`JOURNAL_STREAM`), each line starts with its syslog priority
-(`<3>` … `<7>`) and the time stamp is dropped, because the journal stamps lines itself.
+When stderr is the systemd journal (`JOURNAL_STREAM`), records go to the journal's native socket
+as entries with structured fields (see journal.py), without the time stamp, which the journal
+keeps itself; if that socket is missing, each stderr line starts with its syslog priority
+(`<3>` … `<7>`) instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging
 import os
 import sys
 from typing import IO
+
+from gearman_driver import journal
 
 DEFAULT_LAYOUT = "[%d] %p %m%n"
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
@@ -28,21 +32,26 @@ _PLACEHOLDERS = {
     "%": "%%",
 }
 
-_SYSLOG_PRIORITY = {
-    logging.CRITICAL: 2,
-    logging.ERROR: 3,
-    logging.WARNING: 4,
-    logging.INFO: 6,
-    logging.DEBUG: 7,
-}
-
 _context = ""
 
 
-def set_process_context(context: str) -> None:
-    """Name this process in every message it logs (children: `job[pid]`)."""
+def set_process_context(context: str, job: str | None = None) -> None:
+    """Name this process in every message it logs (children: `job[pid]`, and JOB= in the
+    journal)."""
     global _context
     _context = f"{context}: " if context else ""
+    journal.process_fields.clear()
+    if job:
+        journal.process_fields["JOB"] = job
+
+
+def job_in_hand(function: str, handle: str) -> None:
+    """Lines logged from now until `job_done` are about this job (journal fields)."""
+    journal.job_fields.update(GEARMAN_FUNCTION=function, GEARMAN_HANDLE=handle)
+
+
+def job_done() -> None:
+    journal.job_fields.clear()
 
 
 class _ContextFilter(logging.Filter):
@@ -77,15 +86,8 @@ class _JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        prefix = f"<{_priority(record.levelno)}>"
+        prefix = f"<{journal.syslog_priority(record.levelno)}>"
         return "\n".join(prefix + line for line in text.split("\n"))
-
-
-def _priority(levelno: int) -> int:
-    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
-        if levelno >= level:
-            return _SYSLOG_PRIORITY[level]
-    return 7
 
 
 def stderr_is_journal(stream: IO[str] | None = None) -> bool:
@@ -123,14 +125,18 @@ def setup_logging(level: str = "INFO", logfile: str | None = None,
         root.removeHandler(_handler)
         _handler.close()
     handler: logging.Handler
-    journal = False
+    to_journal = False
+    formatter_class = logging.Formatter
     if logfile:
         handler = _NoFollowFileHandler(logfile, encoding="utf-8")
+    elif stderr_is_journal() and os.path.exists(journal.SOCKET_PATH):
+        handler, to_journal = journal.JournalHandler(), True
     else:
         handler = logging.StreamHandler(sys.stderr)
-        journal = stderr_is_journal()
-    formatter_class = _JournalFormatter if journal else logging.Formatter
-    handler.setFormatter(formatter_class(translate_layout(layout, journal=journal), DATE_FORMAT))
+        if stderr_is_journal():
+            formatter_class, to_journal = _JournalFormatter, True
+    handler.setFormatter(formatter_class(translate_layout(layout, journal=to_journal),
+                                         DATE_FORMAT))
     handler.addFilter(_ContextFilter())
     root.addHandler(handler)
     root.setLevel(level)

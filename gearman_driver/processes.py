@@ -180,7 +180,9 @@ class ProcessManager:
                 if view.busy and wall - view.job_started > timeout:
                     log.error("job %s of %s ran %.1fs, over its timeout of %gs: killing "
                               "process %d", view.handle or "?", job.name,
-                              wall - view.job_started, timeout, process.pid)
+                              wall - view.job_started, timeout, process.pid,
+                              extra={"journal_fields": {"JOB": job.name,
+                                                        "GEARMAN_HANDLE": view.handle}})
                     job.timeouts_total += 1
                     self.kill(process, "job timeout")
 
