@@ -175,7 +175,8 @@ def run(ctx: Context) -> Section:
     progress(f"metrics: counting a job adds {added.cell()} ns")
     section = Section(
         "metrics", "Metrics: a scrape in the master, counting in the child",
-        intro=__doc__.split("\n\n", 1)[1].replace("\n", " ") if __doc__ else "")
+        intro=(__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+               .replace("commit PRE_METRICS", f"commit {PRE_METRICS}") if __doc__ else ""))
     library = f"prometheus_client {importlib.metadata.version('prometheus_client')}"
     section.tables.append((
         f"Scrape of {JOBS} jobs, {JOBS * PER_JOB} processes ({size:,} bytes of text), "

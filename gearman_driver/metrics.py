@@ -103,8 +103,8 @@ class DriverCollector(Collector):
         starts = CounterMetricFamily("gearman_driver_process_starts_total",
                                      "Processes started for the job", labels=label)
         failed = CounterMetricFamily("gearman_driver_failed_starts_total",
-                                     "Processes that exited within 5 s of their start without "
-                                     "finishing a job", labels=label)
+                                     "Process deaths counted as failed starts (the next start "
+                                     "backs off)", labels=label)
         timeouts = CounterMetricFamily("gearman_driver_job_timeouts_total",
                                        "Processes killed for running a job past its timeout",
                                        labels=label)

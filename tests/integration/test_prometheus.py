@@ -8,7 +8,9 @@ operator's dashboard would. promtool (same package) checks the exposition.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.parse
@@ -23,6 +25,19 @@ from tests.gearmand_util import TestClient, free_port, stop_process, wait_for
 
 JOB = "m.work"
 SCRAPE_JOB = "gearman-driver"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_queries() -> tuple[list[str], str]:
+    """The README's example PromQL queries and its alert's expression, as an operator copies
+    them."""
+    text = README.read_text()
+    section = text[text.index("## Metrics"):]
+    section = section[:section.index("\n## ", 1)]
+    queries = re.findall(r"```promql\n(.*?)\n```", section, re.DOTALL)
+    alert = re.search(r"expr: \|\n(.*?)\n\s+for:", section, re.DOTALL)
+    assert len(queries) == 3 and alert is not None
+    return queries, " ".join(alert.group(1).split())
 
 
 class Prometheus:
@@ -141,18 +156,29 @@ def test_prometheus_sees_jobs_failures_durations_and_scaling(
         f'gearman_driver_job_duration_seconds_sum{{job_name="{JOB}"}}')
     assert total_seconds is not None and 1.5 <= total_seconds < 10
 
+    rate, p95, saturation = (prometheus.query(q) for q in readme_queries()[0])
+    assert [(labels["job_name"], value > 0) for labels, value in rate] == [(JOB, True)]
+    assert [(labels["job_name"], value > 0) for labels, value in p95] == [(JOB, True)]
+    assert [labels["job_name"] for labels, _ in saturation] == [JOB]
+
     processes = f'gearman_driver_processes{{job_name="{JOB}"}}'
     assert prometheus.value(processes) == 1
+    alert = readme_queries()[1]
+    assert prometheus.query(alert) == []
     with TestClient(gearmand) as client:
-        client.submit_many_bg("m.run", [b"sleep:1000"] * 12)
+        client.submit_many_bg("m.run", [b"sleep:1000"] * 24)
     assert prometheus.wait_value(processes, lambda v: v == 4) == 4  # max_processes
     assert prometheus.wait_value(f'gearman_driver_processes_busy{{job_name="{JOB}"}}',
                                  lambda v: v == 4) == 4
+    assert prometheus.wait_value(f"count({alert})", lambda v: v == 1) == 1  # the alert fires
+    assert prometheus.wait_value(  # saturation, as the README computes it
+        f'{readme_queries()[0][2]} and on (job_name) gearman_driver_processes_busy > 3',
+        lambda v: v == 1) == 1
     assert prometheus.value(f'gearman_driver_max_processes{{job_name="{JOB}"}}') == 4
     assert prometheus.wait_value(processes, lambda v: v == 1, timeout=40) == 1  # idle: back down
     assert prometheus.value(f'gearman_driver_process_starts_total{{job_name="{JOB}"}}') == 4
     # the stopped processes' counts were folded into the job, not lost
-    assert prometheus.wait_value(jobs_total(), lambda v: v == 42) == 42
+    assert prometheus.wait_value(jobs_total(), lambda v: v == 54) == 54
     assert prometheus.value(f'gearman_driver_gearmand_up{{server="127.0.0.1:{gearmand}"}}') == 1
 
 
@@ -170,3 +196,22 @@ def test_promtool_accepts_the_exposition(metrics_driver: tuple[DriverProcess, in
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                            timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_reloads_are_counted_by_result(metrics_driver: tuple[DriverProcess, int]) -> None:
+    driver, metrics_port = metrics_driver
+
+    def reloads() -> dict[str, float]:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            text = reply.read().decode()
+        return {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^gearman_driver_reloads_total\{result="(\w+)"\} (\S+)$', text, re.MULTILINE)}
+
+    assert reloads() == {"ok": 0, "failed": 0}
+    driver.rewrite_config({"max_idle_time": 2})
+    driver.signal(signal.SIGHUP)
+    assert wait_for(lambda: reloads() == {"ok": 1, "failed": 0})
+    driver.rewrite_config({"interval": "often"})
+    driver.signal(signal.SIGHUP)
+    assert wait_for(lambda: reloads() == {"ok": 1, "failed": 1})

@@ -14,7 +14,10 @@ README = Path(__file__).parent.parent.parent / "README.md"
 def reference_rows() -> dict[str, list[str]]:
     """Rows of the README's key table: key -> [type, default, meaning]."""
     rows = {}
-    for line in README.read_text().splitlines():
+    text = README.read_text()
+    section = text[text.index("\n## Configuration"):]
+    section = section[:section.index("\n## ", 1)]  # not the metrics table, say
+    for line in section.splitlines():
         match = re.match(r"\| `([a-z_]+)` \| (.+?) \| (.+?) \| (.*) \|$", line)
         if match:
             rows[match.group(1)] = [match.group(2), match.group(3), match.group(4)]

@@ -178,8 +178,11 @@ def test_a_reaped_process_keeps_its_counts_and_its_slot_starts_from_zero() -> No
     slot = board.allocate()
     pid = os.fork()
     if pid == 0:
-        run_jobs(board, slot, [(0, None, 0.2), (0, "boom", 0.2)])
-        os.kill(os.getpid(), signal.SIGKILL)  # killed: its slot is all that is left of it
+        try:
+            run_jobs(board, slot, [(0, None, 0.2), (0, "boom", 0.2)])
+            os.kill(os.getpid(), signal.SIGKILL)  # killed: its slot is all that is left of it
+        finally:
+            os._exit(1)
     jobs.add_process(solo, Process(pid, slot, "solo", time.monotonic() - 60))
     assert wait_for(lambda: manager.reap(time.monotonic()) > 0)
     assert solo.counters.outcomes[:2] == [1, 1]
@@ -200,3 +203,34 @@ def test_loop_lag_keeps_the_worst_turn_of_the_last_window() -> None:
     assert lag.value(105.0) == pytest.approx(2.0)
     assert lag.value(115.0) == pytest.approx(2.0)  # still seen one window later
     assert lag.value(125.0) == 0.0
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("console kill", "console"), ("console killall", "console"), ("reload", "reload"),
+    ("re-exec", "reload"), ("job timeout", "job_timeout"), ("max_jobs", "max_jobs"),
+    ("idle", None), ("shutdown", None),
+])
+def test_recycled_processes_are_counted_by_reason(how: str, reason: str | None) -> None:
+    board = Scoreboard(2)
+    jobs = job_table(spec("solo", ["s.one"]))
+    solo = jobs["solo"]
+    manager = ProcessManager(jobs, board, servers=lambda: [], backend=lambda job: "native",
+                             graceful_timeout=lambda: 5.0, max_jobs=lambda job: (0, 0),
+                             close_inherited=lambda: None)
+    slot = board.allocate()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run_jobs(board, slot, [(0, None, 0.0), (0, None, 0.0)])
+            if how != "max_jobs":  # else it exits as a child that ran max_jobs_per_process
+                signal.pause()
+        finally:
+            os._exit(0)
+    process = Process(pid, slot, "solo", time.monotonic() - 60, max_jobs=2)
+    jobs.add_process(solo, process)
+    if how == "job timeout":
+        manager.kill(process, how)
+    elif how != "max_jobs":
+        manager.stop(process, how)
+    assert wait_for(lambda: manager.reap(time.monotonic()) > 0)
+    assert solo.recycled_total == ({reason: 1} if reason else {})
