@@ -214,6 +214,14 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'handled during the hang, the trial process gone; the good change still '
         're-executes and serves the new code',
     ),
+    (
+        '`test_reexec_signals.py`',
+        'four reloads that each change `lib` (so the master drains and re-executes '
+        'itself) while 2 clients submit 50 ms jobs; after each SIGHUP, more SIGHUPs '
+        'every 20 ms from 50 ms later until the new master has logged its start.',
+        'the master never dies (same pid); each re-exec happens once; the held SIGHUPs '
+        'make the new master reload once it is ready; every job completed; no traceback',
+    ),
 ]
 
 SCENARIOS = """\

@@ -171,6 +171,7 @@ class Driver:
                 if self._stopping and not any(j.processes for j in self.jobs.values()):
                     break
                 if self._reexec and not any(j.processes for j in self.jobs.values()):
+                    self._hold_signals()
                     self._close()
                     from gearman_driver.reload import reexec
 
@@ -219,6 +220,8 @@ class Driver:
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, _noop_handler)
+        # a re-executed master starts with them blocked (see _hold_signals): now they can come
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.selector.register(read_fd, selectors.EVENT_READ, self._on_signal_pipe)
         self.scoreboard = Scoreboard(MAX_PROCESSES)
         self.processes = ProcessManager(
@@ -305,6 +308,21 @@ class Driver:
             self._wakeup = None
         if self.selector is not None:
             self.selector.close()
+
+    def _hold_signals(self) -> None:
+        """Before re-executing: block the handled signals (the mask survives exec) so that one
+        arriving before the new image has its handlers (whose default action would kill the
+        master) waits until the new master is ready; those already in the self-pipe, which
+        exec closes, are raised again to wait with them."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        pending = b""
+        if self._wakeup is not None:
+            try:
+                pending = os.read(self._wakeup[0], 4096)
+            except BlockingIOError:
+                pass
+        for signum in set(pending) & {int(s) for s in HANDLED_SIGNALS} - {signal.SIGCHLD}:
+            os.kill(os.getpid(), signum)
 
     def _on_signal_pipe(self, mask: int) -> None:
         assert self._wakeup is not None

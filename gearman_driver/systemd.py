@@ -22,6 +22,10 @@ class Notifier:
             import sdnotify
 
             self._notifier = sdnotify.SystemdNotifier()
+            if self._notifier.socket is not None:
+                # a receiver that stops reading must not wedge the master's loop: with a full
+                # queue a message is dropped (sdnotify swallows the error) instead of blocking
+                self._notifier.socket.setblocking(False)
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         self.watchdog_every = (int(usec) / 2e6 if usec.isdigit() and int(usec) > 0
