@@ -168,13 +168,19 @@ def test_a_group_with_more_functions_than_the_slot_holds_reports_the_rest_as_oth
         == 1
 
 
-def test_a_reaped_process_keeps_its_counts_and_its_slot_starts_from_zero() -> None:
+def one_job_manager() -> tuple[Scoreboard, JobTable, ProcessManager]:
+    """A ProcessManager over a job "solo"; the tests fork its processes themselves."""
     board = Scoreboard(2)
     jobs = job_table(spec("solo", ["s.one"]))
-    solo = jobs["solo"]
     manager = ProcessManager(jobs, board, servers=lambda: [], backend=lambda job: "native",
-                             graceful_timeout=lambda: 1.0, max_jobs=lambda job: (0, 0),
+                             graceful_timeout=lambda: 5.0, max_jobs=lambda job: (0, 0),
                              close_inherited=lambda: None)
+    return board, jobs, manager
+
+
+def test_a_reaped_process_keeps_its_counts_and_its_slot_starts_from_zero() -> None:
+    board, jobs, manager = one_job_manager()
+    solo = jobs["solo"]
     slot = board.allocate()
     pid = os.fork()
     if pid == 0:
@@ -211,12 +217,8 @@ def test_loop_lag_keeps_the_worst_turn_of_the_last_window() -> None:
     ("idle", None), ("shutdown", None),
 ])
 def test_recycled_processes_are_counted_by_reason(how: str, reason: str | None) -> None:
-    board = Scoreboard(2)
-    jobs = job_table(spec("solo", ["s.one"]))
+    board, jobs, manager = one_job_manager()
     solo = jobs["solo"]
-    manager = ProcessManager(jobs, board, servers=lambda: [], backend=lambda job: "native",
-                             graceful_timeout=lambda: 5.0, max_jobs=lambda job: (0, 0),
-                             close_inherited=lambda: None)
     slot = board.allocate()
     pid = os.fork()
     if pid == 0:
