@@ -198,20 +198,34 @@ def test_promtool_accepts_the_exposition(metrics_driver: tuple[DriverProcess, in
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_reloads_are_counted_by_result(metrics_driver: tuple[DriverProcess, int]) -> None:
-    driver, metrics_port = metrics_driver
+def test_reloads_are_counted_by_result_and_follow_a_new_metrics_port(
+        metrics_driver: tuple[DriverProcess, int]) -> None:
+    driver, old_port = metrics_driver
 
-    def reloads() -> dict[str, float]:
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as reply:
+    def reloads(port: int) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             text = reply.read().decode()
         return {m.group(1): float(m.group(2)) for m in re.finditer(
             r'^gearman_driver_reloads_total\{result="(\w+)"\} (\S+)$', text, re.MULTILINE)}
 
-    assert reloads() == {"ok": 0, "failed": 0}
+    assert reloads(old_port) == {"ok": 0, "failed": 0}
     driver.rewrite_config({"max_idle_time": 2})
     driver.signal(signal.SIGHUP)
-    assert wait_for(lambda: reloads() == {"ok": 1, "failed": 0})
+    assert wait_for(lambda: reloads(old_port) == {"ok": 1, "failed": 0})
     driver.rewrite_config({"interval": "often"})
     driver.signal(signal.SIGHUP)
-    assert wait_for(lambda: reloads() == {"ok": 1, "failed": 1})
+    assert wait_for(lambda: reloads(old_port) == {"ok": 1, "failed": 1})
+
+    new_port = free_port()
+    driver.rewrite_config({"interval": 1, "metrics_port": new_port})
+    driver.signal(signal.SIGHUP)
+
+    def moved() -> bool:
+        try:
+            return reloads(new_port) == {"ok": 2, "failed": 1}
+        except OSError:  # not listening yet
+            return False
+
+    assert wait_for(moved)
+    with pytest.raises(OSError):
+        reloads(old_port)

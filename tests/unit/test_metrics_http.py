@@ -142,3 +142,13 @@ def test_prometheus_client_is_imported_only_when_the_endpoint_is_on() -> None:
         out = subprocess.run([sys.executable, "-c", script, str(port)], capture_output=True,
                              text=True, timeout=60, check=True).stdout.split()
         assert out[-1] == loaded
+
+
+def test_a_non_loopback_address_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    sel = selectors.DefaultSelector()
+    server = MetricsServer(render, sel, host="0.0.0.0", port=0)
+    with caplog.at_level("WARNING", logger="gearman_driver.metrics"):
+        server.open()
+    server.close()
+    sel.close()
+    assert "metrics has no authentication; listening on 0.0.0.0" in caplog.text
