@@ -13,7 +13,19 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import control, memory, metrics, profile, reaction, report, startup, throughput
+from bench import (
+    control,
+    fairness,
+    footprint,
+    memory,
+    metrics,
+    profile,
+    reaction,
+    report,
+    scale,
+    startup,
+    throughput,
+)
 from bench.common import ROOT, Context, Section, progress, scratch_dir
 
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
@@ -24,6 +36,9 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "control": control.run,
     "profile": profile.run,
     "metrics": metrics.run,
+    "scale": scale.run,
+    "fairness": fairness.run,
+    "footprint": footprint.run,
 }
 
 

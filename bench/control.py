@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import (
@@ -49,6 +50,17 @@ class NotifySocket:
             except TimeoutError:
                 continue
             self.messages.append((time.monotonic(), data.decode(errors="replace")))
+
+    def wait(self, key: str, after: float, timeout: float,
+             alive: Callable[[], bool] = lambda: True) -> float | None:
+        """Pump until a message with `key` arrived at or after `after`; its stamp, or None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive():
+            stamp = self.first(key, after)
+            if stamp is not None:
+                return stamp
+            self.pump(0.05)
+        return self.first(key, after)
 
     def first(self, key: str, after: float) -> float | None:
         for stamp, text in self.messages:

@@ -141,6 +141,11 @@ def bare_worker_argv(port: int, module: str, function: str, backend: str = "pyge
     return argv + (["--client-id", client_id] if client_id else [])
 
 
+def minimal_worker_argv(port: int, function: str) -> list[str]:
+    """The minimal blocking Python loop (bench/minimal_worker.py): the floor for a Python worker."""
+    return [PYTHON, "-m", "bench.minimal_worker", "--port", str(port), "--function", function]
+
+
 def c_worker_argv(port: int, function: str) -> list[str]:
     """libgearman's worker: with no command it echoes the workload back (no fork per job)."""
     return ["gearman", "-w", "-h", "127.0.0.1", "-p", str(port), "-f", function]

@@ -69,3 +69,35 @@ def lines(path: Path, title: str, xlabel: str, ylabel: str,
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def panels(path: Path, title: str, xlabel: str,
+           grid: dict[str, dict[str, list[tuple[float, Figure]]]]) -> bool:
+    """One small plot per figure (panel title → series → (x, figure)): medians joined by
+    lines, min–max as whiskers, so growth against x is visible at a glance."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    cols = min(3, len(grid))
+    rows = (len(grid) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, (panel, series) in zip(axes.flat, grid.items(), strict=False):
+        for name, points in series.items():
+            points = [(x, f) for x, f in points if f.ok]
+            if not points:
+                continue
+            ys = [f.median for _, f in points]
+            err = [[f.median - f.lo for _, f in points], [f.hi - f.median for _, f in points]]
+            ax.errorbar([x for x, _ in points], ys, yerr=err, marker="o", capsize=3, label=name)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(grid):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True

@@ -217,15 +217,15 @@ class TestClient:
         self.sock.sendall(encode_request(Cmd.SUBMIT_JOB_BG, function.encode(), unique, data))
         return self._expect(Cmd.JOB_CREATED).args[0]
 
-    def submit_many_bg(self, function: str, payloads: list[bytes]) -> None:
-        """Queue many background jobs, pipelined (for benchmarks and bursts)."""
+    def submit_many_bg(self, function: str, payloads: list[bytes], unique: bool = False) -> None:
+        """Queue many background jobs, pipelined (for benchmarks and bursts). `unique`: each
+        payload is also its job's unique id (a persistent queue keys jobs by it)."""
         name = function.encode()
         batch = 1000
         for i in range(0, len(payloads), batch):
             part = payloads[i : i + batch]
-            self.sock.sendall(
-                b"".join(encode_request(Cmd.SUBMIT_JOB_BG, name, b"", p) for p in part)
-            )
+            self.sock.sendall(b"".join(
+                encode_request(Cmd.SUBMIT_JOB_BG, name, p if unique else b"", p) for p in part))
             for _ in part:
                 self._expect(Cmd.JOB_CREATED)
 

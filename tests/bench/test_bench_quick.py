@@ -23,6 +23,9 @@ SECTIONS = {
     "## Control plane": r"\d+\.\d+ s",
     "## Profile": r"\d+\.\d+ µs",
     "## Metrics": r"\d+\.\d+ ms",
+    "## Scale": r"\| launch → READY=1 \(s\) \| \d+\.\d+",
+    "## Fairness": r"lost\) \| 0 \|",
+    "## Footprint": r"idle child PSS \| \d+\.\d+",
 }
 
 
@@ -39,5 +42,5 @@ def test_quick_run_writes_every_section(tmp_path: Path) -> None:
         body = next((p for p in parts if p.startswith(heading)), None)
         assert body is not None, f"missing section {heading}"
         assert re.search(figure, body), f"no figures in {heading}:\n{body[:800]}"
-    for png in ("bench-throughput.png", "bench-memory.png"):
+    for png in ("bench-throughput.png", "bench-memory.png", "bench-scale.png"):
         assert (tmp_path / png).stat().st_size > 0

@@ -1,0 +1,1 @@
+"""Benchmark namespace; see jobs.py."""
