@@ -124,6 +124,19 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'every death of that job, also while good jobs complete; every good job completes',
     ),
     (
+        '`test_memory_limits.py`',
+        'on both backends: (1) a job that keeps 20 MB per call, `max_rss_mb: 120` for the '
+        'job in `job_runtime_attributes` (4000 at the top level), 20 foreground jobs; '
+        '(2) `max_workload_mb: 1`, a 3 MiB foreground job between two small ones, under '
+        "gearmand's default `--job-retries=0`.",
+        '(1) every job completes; ≥ 3 pids; no job ends with RSS above limit + one job\'s '
+        'leak; each recycle logged with function, handle, pid, RSS and limit. (2) the client '
+        'gets WORK_FAIL, one log line names function, handle, size and limit, the next job '
+        "is served by the same pid on the same gearmand connection (fd in `workers`). "
+        'Before: the key was refused (exit 78); with the limit at 1 MiB the old native '
+        'backend dropped the connection and took the job again 54 times in 5 s',
+    ),
+    (
         '`test_recycling.py`',
         '`max_jobs_per_process: 100`, min = max = 1, 1,000 foreground jobs that return '
         'their pid.',
@@ -304,6 +317,7 @@ ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "proce
          "poison job, gearmand --job", "poison job, gearmand default",
          "result not delivered",
          "max_jobs_per_process",
+         "max_rss_mb", "workload over",
          "bad config", "config read bounds", "console abuse", "SIGTERM", "process ceiling",
          "fork fails", "console control", "console flood", "start-up error", "reload refused"]
 

@@ -28,6 +28,7 @@ from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, backend
 from gearman_driver.child import make_runner
 from gearman_driver.jobs import JobSpec
 from gearman_driver.loader import job_specs
+from gearman_driver.recycle import Recycler
 from gearman_driver.scoreboard import Scoreboard
 from tests.gearmand_util import TestClient
 
@@ -71,7 +72,7 @@ def _run_backend(port: int, backend: str, n: int, profiler: cProfile.Profile | N
     writer = board.child_writer(board.allocate())
     done = [0]
 
-    def after_job() -> None:
+    def after_job(job: GearmanJob) -> None:
         done[0] += 1
 
     runner = make_runner(spec, spec.methods[0], writer, after_job)
@@ -119,7 +120,7 @@ def wrapper_cost_us(calls: int) -> float:
     spec = _spec()
     method = spec.methods[0]
     board = Scoreboard(1)
-    runner = make_runner(spec, method, board.child_writer(board.allocate()), lambda: None)
+    runner = make_runner(spec, method, board.child_writer(board.allocate()), lambda job: None)
     job = _Job(b"H:1", b"", ECHO, b"x" * 16)
     body = method.body
 
@@ -138,11 +139,24 @@ def wrapper_cost_us(calls: int) -> float:
     return 1e6 * (timed(wrapped) - timed(direct)) / calls
 
 
+def rss_check_cost_us(calls: int) -> float:
+    """µs per job that `max_rss_mb` adds: the after-job check with a limit never reached,
+    against the same check with the limit off (one pread of /proc/self/statm)."""
+    def timed(recycler: Recycler) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            recycler.after_job()
+        return time.perf_counter() - t0
+
+    return 1e6 * (timed(Recycler(0, 1e9)) - timed(Recycler(0, 0))) / calls
+
+
 def run(ctx: Context) -> Section:
     n = 5_000 if ctx.quick else 20_000
     backends = ("pygearman", "native")
     rates = {b: Figure(f"{b}, in-process, no profiler", "jobs/s") for b in backends}
     wrap = Figure("wrapper cost per job", "µs")
+    rss = Figure("max_rss_mb check per job", "µs")
     profiles: dict[str, tuple[dict[str, float], list[tuple[float, str, str]], float]] = {}
     with private_gearmand(ctx.tmp) as port:
         for b in backends:
@@ -155,15 +169,17 @@ def run(ctx: Context) -> Section:
             for b in backends:
                 rates[b].add(n / _run_backend(port, b, n, None))
             wrap.add(wrapper_cost_us(20_000 if ctx.quick else 100_000))
+            rss.add(rss_check_cost_us(20_000 if ctx.quick else 100_000))
             progress(f"profile rep {rep + 1}/{ctx.reps}: "
                      + ", ".join(f"{b} {rates[b].values[-1]:,.0f} jobs/s" for b in backends)
-                     + f"; wrapper {wrap.values[-1]:.2f} µs/job")
-    return _section(ctx, n, backends, profiles, rates, wrap)
+                     + f"; wrapper {wrap.values[-1]:.2f} µs/job"
+                     + f"; max_rss_mb check {rss.values[-1]:.2f} µs/job")
+    return _section(ctx, n, backends, profiles, rates, wrap, rss)
 
 
 def _section(ctx: Context, n: int, backends: tuple[str, ...],
              profiles: dict[str, tuple[dict[str, float], list[tuple[float, str, str]], float]],
-             rates: dict[str, Figure], wrap: Figure) -> Section:
+             rates: dict[str, Figure], wrap: Figure, rss: Figure) -> Section:
     section = Section("profile", "Profile: where a child's time per job goes",
                       intro=f"{n:,} trivial jobs run by one backend in the benchmark's own process "
                             "(make_runner + backend_class(name)(...), as a child builds them; no "
@@ -190,7 +206,9 @@ def _section(ctx: Context, n: int, backends: tuple[str, ...],
     section.tables.append(("Without the profiler", ["figure", "value"],
                            [[rates[b].label, rates[b].cell()] for b in backends]
                            + [["wrapper (make_runner: scoreboard writes, hooks, result coercion) "
-                               "per job, vs the body called alone", wrap.cell() + " µs"]]))
+                               "per job, vs the body called alone", wrap.cell() + " µs"],
+                              ["`max_rss_mb` check (one pread of /proc/self/statm) per job, vs "
+                               "the limit off", rss.cell() + " µs"]]))
     section.headline.append(Headline("wrapper cost per job", wrap.cell() + " µs", "—", None,
                                      "< 5 µs", wrap.median < 5 if wrap.ok else None))
     shares = []

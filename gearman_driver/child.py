@@ -19,6 +19,8 @@ from typing import Any, NoReturn
 from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, JobRunner, backend_class
 from gearman_driver.jobs import JobSpec, MethodSpec
 from gearman_driver.logs import job_done, job_in_hand, set_process_context
+from gearman_driver.protocol import DEFAULT_MAX_PACKET
+from gearman_driver.recycle import Recycler
 from gearman_driver.scoreboard import SlotWriter, function_slot
 
 log = logging.getLogger("gearman_driver.child")
@@ -54,7 +56,7 @@ def to_result_bytes(function: str, value: Any) -> bytes:
 
 
 def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
-                after_job: Callable[[], None], index: int = 0) -> JobRunner:
+                after_job: Callable[[GearmanJob], None], index: int = 0) -> JobRunner:
     """Wraps one job method: decode, begin hook, the method, end hook, encode, scoreboard.
     `index` is the method's place in the job, under which the scoreboard counts its jobs.
 
@@ -91,7 +93,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
         finally:
             job_done()
             writer.job_finished(error, index)
-            after_job()
+            after_job(job)
 
     return run
 
@@ -117,6 +119,8 @@ def run_child(
     graceful_timeout: float,
     max_jobs: int,
     close_inherited: Callable[[], None],
+    max_rss_mb: float = 0.0,
+    max_workload: int = DEFAULT_MAX_PACKET,
 ) -> NoReturn:
     """Become a worker process for `spec`; never returns."""
     code = 0
@@ -146,12 +150,13 @@ def run_child(
         _set_title(spec)
         writer.ready(pid)
 
-        done = [0]
+        recycler = Recycler(max_jobs, max_rss_mb)
 
-        def after_job() -> None:
-            done[0] += 1
-            if max_jobs and done[0] >= max_jobs:
-                log.info("recycling after %d jobs", done[0])
+        def after_job(job: GearmanJob) -> None:
+            why = recycler.after_job()
+            if why is not None:
+                log.info("recycling after job %s (handle %s), process %d: %s", job.function,
+                         job.handle.decode("ascii", "replace"), pid, why)
                 stop[0] = True
 
         registered: set[tuple[str, int]] = set()
@@ -173,6 +178,7 @@ def run_child(
             BackendHooks(should_stop=lambda: stop[0], on_registered=on_registered,
                          on_disconnected=on_disconnected, wakeup_fd=wakeup_read,
                          on_result_sent=writer.result_sent),
+            max_workload=max_workload,
         )
         backend.run()
     except SystemExit as exc:

@@ -79,6 +79,8 @@ DEFAULTS: dict[str, Any] = {
     "worker_backend": "native",
     "max_jobs_per_process": 0,
     "max_jobs_jitter": 0,
+    "max_rss_mb": 0,
+    "max_workload_mb": 256,
     "worker_options": {},
     "job_runtime_attributes": {},
 }
@@ -298,6 +300,8 @@ class Settings:
     worker_backend: str
     max_jobs_per_process: int
     max_jobs_jitter: int
+    max_rss_mb: float
+    max_workload_mb: int
     worker_options: Mapping[str, Mapping[str, Any]]
     job_runtime_attributes: Mapping[str, Mapping[str, Any]]
     config_files: tuple[str, ...] = ()
@@ -327,8 +331,9 @@ def _job_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("min_processes", "max_processes", "max_jobs_per_process"):
         if key in out:
             out[key] = int(out[key])
-    if out.get("timeout") is not None:
-        out["timeout"] = float(out["timeout"])
+    for key in ("timeout", "max_rss_mb"):
+        if out.get(key) is not None:
+            out[key] = float(out[key])
     return out
 
 
@@ -359,6 +364,8 @@ def _settings(data: Mapping[str, Any], files: Sequence[str], origins: Any) -> Se
         worker_backend=data["worker_backend"],
         max_jobs_per_process=int(data["max_jobs_per_process"]),
         max_jobs_jitter=int(data["max_jobs_jitter"]),
+        max_rss_mb=float(data["max_rss_mb"]),
+        max_workload_mb=int(data["max_workload_mb"]),
         worker_options={k: dict(v) for k, v in data["worker_options"].items()},
         job_runtime_attributes={
             k: _job_attributes(v) for k, v in data["job_runtime_attributes"].items()

@@ -33,6 +33,7 @@ from gearman_driver.loader import (
 )
 from gearman_driver.logs import reopen_logfile
 from gearman_driver.processes import ProcessManager
+from gearman_driver.recycle import MIB
 from gearman_driver.reload import ReloadOutcome
 from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard, State
 from gearman_driver.systemd import Notifier
@@ -234,6 +235,10 @@ class Driver:
                                   else self.settings.max_jobs_per_process,
                                   self.settings.max_jobs_jitter),
             close_inherited=self.close_in_child,
+            memory_limits=lambda job: (job.spec.max_rss_mb
+                                       if job.spec.max_rss_mb is not None
+                                       else self.settings.max_rss_mb,
+                                       self.settings.max_workload_mb * MIB),
         )
         self.autoscaler = Autoscaler(self, self.selector, freeze=self._freeze)
         self._open_console()

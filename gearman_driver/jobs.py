@@ -45,6 +45,7 @@ class JobSpec:
     max_processes: int
     timeout: float | None = None
     max_jobs_per_process: int | None = None
+    max_rss_mb: float | None = None  # from job_runtime_attributes; None: the top-level value
     worker_backend: str | None = None
 
     @property

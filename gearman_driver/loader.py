@@ -300,6 +300,7 @@ def apply_runtime_attributes(
             max_jobs_per_process=override.get("max_jobs_per_process",
                                               spec.max_jobs_per_process),
             worker_backend=override.get("worker_backend", spec.worker_backend),
+            max_rss_mb=override.get("max_rss_mb", spec.max_rss_mb),
         ))
     return result
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from gearman_driver.child import run_child
 from gearman_driver.jobs import Job, JobTable, Process
+from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import Scoreboard, SlotView, State
 
 log = logging.getLogger("gearman_driver.processes")
@@ -65,6 +66,7 @@ class ProcessManager:
         graceful_timeout: Callable[[], float],
         max_jobs: Callable[[Job], tuple[int, int]],
         close_inherited: Callable[[], None],
+        memory_limits: Callable[[Job], tuple[float, int]] = lambda job: (0.0, DEFAULT_MAX_PACKET),
     ) -> None:
         self.jobs = jobs
         self.scoreboard = scoreboard
@@ -73,6 +75,7 @@ class ProcessManager:
         self._graceful_timeout = graceful_timeout
         self._max_jobs = max_jobs
         self._close_inherited = close_inherited
+        self._memory_limits = memory_limits  # (max_rss_mb, largest workload in bytes)
         self.master_pid = os.getpid()
         self.start_failures = 0  # starts in a row that could not fork (or found no slot)
         self._retry_starts_at = 0.0
@@ -105,6 +108,7 @@ class ProcessManager:
             return None
         limit, jitter = self._max_jobs(job)
         max_jobs = limit + (random.randint(0, jitter) if limit and jitter else 0)
+        max_rss_mb, max_workload = self._memory_limits(job)
         for handler in logging.getLogger().handlers:
             handler.flush()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SIGNALS)
@@ -120,6 +124,8 @@ class ProcessManager:
                     graceful_timeout=self._graceful_timeout(),
                     max_jobs=max_jobs,
                     close_inherited=self._close_inherited,
+                    max_rss_mb=max_rss_mb,
+                    max_workload=max_workload,
                 )
         except OSError as exc:
             self.scoreboard.release(slot)

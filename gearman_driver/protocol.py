@@ -21,6 +21,13 @@ HEADER_SIZE = HEADER.size
 DEFAULT_MAX_PACKET = 256 * 1024 * 1024
 """Largest payload accepted: far above any sane job (16 MiB+ workloads pass), yet a corrupt
 size field cannot make us buffer gigabytes before noticing."""
+#: Room for a job's handle, function name and unique id in front of its workload (gearmand
+#: caps them at 64, 512 and 64 bytes).
+JOB_PREFIX_MAX = 4096
+#: Not a Gearman type: what a parser made with `drop_oversize_jobs` emits for a JOB_ASSIGN or
+#: JOB_ASSIGN_UNIQ larger than its limit, whose workload it read past without keeping it.
+#: Arguments: handle, function, workload size in ASCII digits.
+OVERSIZE_JOB = 0x10000
 
 
 class ProtocolError(Exception):
@@ -123,6 +130,7 @@ SPEC: dict[int, tuple[int, int]] = {
 # Plain-int lookups for the hot path (IntEnum hashing and repr are slow).
 _NARGS_REQ: dict[int, int] = {int(c): n for c, (n, d) in SPEC.items() if d & _Q}
 _NARGS_RES: dict[int, int] = {int(c): n for c, (n, d) in SPEC.items() if d & _S}
+_JOB_ASSIGNS = frozenset({int(Cmd.JOB_ASSIGN), int(Cmd.JOB_ASSIGN_UNIQ)})
 
 
 class Packet(NamedTuple):
@@ -171,9 +179,11 @@ class PacketParser:
     After a ProtocolError the parser stays broken: the stream has lost its framing.
     """
 
-    __slots__ = ("_magic", "_table", "_max_size", "_chunks", "_have", "_need", "_error")
+    __slots__ = ("_magic", "_table", "_max_size", "_chunks", "_have", "_need", "_error",
+                 "_drop_jobs", "_dropping", "_drop_nargs", "_drop_size", "_prefix", "_skip")
 
-    def __init__(self, magic: bytes = RES, max_size: int = DEFAULT_MAX_PACKET) -> None:
+    def __init__(self, magic: bytes = RES, max_size: int = DEFAULT_MAX_PACKET,
+                 drop_oversize_jobs: bool = False) -> None:
         if magic not in (REQ, RES):
             raise ValueError(f"bad magic {magic!r}")
         self._magic = magic
@@ -183,11 +193,22 @@ class PacketParser:
         self._have = 0  # bytes in _chunks
         self._need = HEADER_SIZE  # bytes _chunks must hold before decoding can progress
         self._error: ProtocolError | None = None
+        self._drop_jobs = drop_oversize_jobs
+        self._dropping = False  # inside an oversize job: reading its prefix, then skipping
+        self._drop_nargs = 0
+        self._drop_size = 0
+        self._prefix: bytearray | None = None
+        self._skip = 0
 
     @property
     def buffered(self) -> int:
         """Bytes held back waiting for the rest of a packet."""
         return self._have
+
+    @property
+    def skipping(self) -> int:
+        """Bytes of an oversize job's workload still to be read and dropped."""
+        return self._skip
 
     @property
     def wanted(self) -> int:
@@ -198,6 +219,8 @@ class PacketParser:
         """Add received bytes; return every packet they complete, in order."""
         if self._error is not None:
             raise self._error
+        if self._dropping:
+            return self._drop(memoryview(data))
         size = len(data)
         if not size:
             return []
@@ -241,6 +264,12 @@ class PacketParser:
             if nargs is None:
                 raise ProtocolError(f"unknown or misdirected packet type {cmd}")
             if size > self._max_size:
+                if self._drop_jobs and cmd in _JOB_ASSIGNS:
+                    self._chunks, self._have, self._need = [], 0, HEADER_SIZE
+                    self._dropping, self._drop_nargs, self._drop_size = True, nargs, size
+                    self._prefix = bytearray()
+                    packets.extend(self._drop(memoryview(buf)[pos + HEADER_SIZE:]))
+                    return packets
                 raise ProtocolError(f"packet type {cmd} of {size} bytes exceeds {self._max_size}")
             if nargs == 0 and size:
                 raise ProtocolError(f"packet type {cmd} takes no arguments, got {size} bytes")
@@ -277,6 +306,41 @@ class PacketParser:
         self._need = need
         return packets
 
+    def _drop(self, view: memoryview) -> list[Packet]:
+        """Inside an oversize job: keep its handle, function (and unique id), then read past
+        its workload without buffering it; then go on decoding what follows."""
+        packets: list[Packet] = []
+        if self._prefix is not None:
+            prefix = self._prefix
+            before = len(prefix)
+            prefix += view[:JOB_PREFIX_MAX - before]
+            need = self._drop_nargs - 1
+            if prefix.count(0) < need:
+                if len(prefix) >= JOB_PREFIX_MAX:
+                    raise self._fail(ProtocolError(
+                        f"oversize job: no {need} arguments in its first {JOB_PREFIX_MAX} bytes"))
+                return packets
+            args = bytes(prefix).split(b"\0", need)[:need]
+            used = sum(len(arg) + 1 for arg in args)
+            view = view[used - before:]
+            self._prefix = None
+            self._skip = self._drop_size - used
+            packets.append(Packet(self._magic, OVERSIZE_JOB,
+                                  (args[0], args[1], b"%d" % self._skip)))
+        taken = min(self._skip, len(view))
+        self._skip -= taken
+        if self._skip:
+            return packets
+        self._dropping = False
+        if len(view) > taken:
+            packets.extend(self.feed(view[taken:]))
+        return packets
+
+    def _fail(self, exc: ProtocolError) -> ProtocolError:
+        self._error = exc
+        self._dropping = False
+        return exc
+
     def _check_prefix(self, buf: bytes, pos: int) -> None:
         """Reject a wrong magic before the header is complete, so garbage never stalls us."""
         head = buf[pos : pos + 4]
@@ -291,6 +355,8 @@ __all__ = [
     "DEFAULT_MAX_PACKET",
     "HEADER",
     "HEADER_SIZE",
+    "JOB_PREFIX_MAX",
+    "OVERSIZE_JOB",
     "REQ",
     "RES",
     "SPEC",

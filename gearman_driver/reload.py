@@ -3,7 +3,8 @@
 - invalid config: nothing changes; the error is logged and shown in STATUS until a good reload;
 - limits, interval, max_idle_time, job timeouts, logging: live, no process restarted;
 - worker_options of a class: new worker objects for that class, a rolling restart of its jobs;
-- server, or a job's max_jobs_per_process / worker_backend: a rolling restart of those jobs;
+- server, or a job's max_jobs_per_process / worker_backend / max_rss_mb, or max_workload_mb:
+  a rolling restart of those jobs;
 - namespaces or lib, or worker code changed on disk: the master cannot re-import cleanly in
   process, so it drains every process gracefully and re-executes itself (gunicorn's USR2
   model; the pid stays, so systemd keeps tracking it).
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gearman_driver.reload")
 
-CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend")
+CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend", "max_rss_mb")
+CHILD_SIDE_SETTINGS = ("worker_backend", "max_jobs_per_process", "max_jobs_jitter",
+                       "max_rss_mb", "max_workload_mb")
 
 
 @dataclass(frozen=True)
@@ -167,8 +170,7 @@ def _restart_needed(current: JobSpec, new: JobSpec, old: Settings, settings: Set
         return True
     if any(getattr(current, a) != getattr(new, a) for a in CHILD_SIDE_ATTRIBUTES):
         return True
-    return (old.worker_backend, old.max_jobs_per_process, old.max_jobs_jitter) != \
-        (settings.worker_backend, settings.max_jobs_per_process, settings.max_jobs_jitter)
+    return any(getattr(old, key) != getattr(settings, key) for key in CHILD_SIDE_SETTINGS)
 
 
 def reexec_argv(daemonized: bool) -> list[str]:

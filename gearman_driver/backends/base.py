@@ -10,9 +10,14 @@ as Gearman::Driver kept Adaptor::PP and Adaptor::XS apart.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from gearman_driver.protocol import DEFAULT_MAX_PACKET
+
+log = logging.getLogger(__name__)
 
 Server = tuple[str, int]
 
@@ -95,8 +100,10 @@ class WorkerBackend(abc.ABC):
         hooks: BackendHooks,
         *,
         max_backoff: float = 5.0,
+        max_workload: int = DEFAULT_MAX_PACKET,
     ) -> None:
         self.servers = list(servers)
+        self.max_workload = max_workload  # a larger job is failed without being run
         self.client_id = client_id
         self.functions = dict(functions)
         self.hooks = hooks
@@ -105,6 +112,13 @@ class WorkerBackend(abc.ABC):
         self.runners: dict[bytes, tuple[str, JobRunner]] = {
             name.encode(): (name, runner) for name, runner in self.functions.items()
         }
+
+    def refuse_oversize(self, handle: bytes, function: bytes, size: int) -> None:
+        """Log, once per job, a workload over `max_workload` that is failed unrun."""
+        log.error("job %s (handle %s): workload of %d bytes exceeds max_workload_mb (%d "
+                  "bytes); failing it without running it",
+                  function.decode("utf-8", "replace"), handle.decode("ascii", "replace"),
+                  size, self.max_workload)
 
     @abc.abstractmethod
     def run(self) -> None:

@@ -33,7 +33,14 @@ from gearman_driver.backends.native_conn import (
     ServerConnection,
     result_header,
 )
-from gearman_driver.protocol import DEFAULT_MAX_PACKET, Cmd, ProtocolError, encode_request
+from gearman_driver.protocol import (
+    DEFAULT_MAX_PACKET,
+    JOB_PREFIX_MAX,
+    OVERSIZE_JOB,
+    Cmd,
+    ProtocolError,
+    encode_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +87,11 @@ class NativeBackend(WorkerBackend):
         hooks: BackendHooks,
         *,
         max_backoff: float = 5.0,
+        max_workload: int = DEFAULT_MAX_PACKET,
     ) -> None:
-        super().__init__(servers, client_id, functions, hooks, max_backoff=max_backoff)
-        self.max_packet = DEFAULT_MAX_PACKET
+        super().__init__(servers, client_id, functions, hooks, max_backoff=max_backoff,
+                         max_workload=max_workload)
+        self.max_packet = self.max_workload + JOB_PREFIX_MAX  # larger jobs are read past
         self.write_timeout = 60.0  # a server that reads nothing for this long is dead
         self.stop_grace = 2.0  # how long a stop waits for the answer to an outstanding grab
         hello = [encode_request(Cmd.SET_CLIENT_ID, client_id.encode())] if client_id else []
@@ -210,6 +219,8 @@ class NativeBackend(WorkerBackend):
             raise ServerError(b": ".join(args).decode(errors="replace"))
         elif cmd == _JOB_ASSIGN:
             self._run_job(conn, args[0], args[1], b"", args[2])
+        elif cmd == OVERSIZE_JOB:  # the parser read past its workload
+            self._refuse(conn, args[0], args[1], int(args[2]))
         else:
             raise ProtocolError(f"unexpected packet {Cmd(cmd).name} for a worker")
 
@@ -221,6 +232,9 @@ class NativeBackend(WorkerBackend):
         if self._grabbing is conn:
             self._grabbing = None
         conn.state = READY
+        if len(workload) > self.max_workload:
+            self._refuse(conn, handle, function, len(workload))
+            return
         entry = self.runners.get(function)
         if entry is None:
             log.error("%s assigned unregistered function %r; failing it", conn.label, function)
@@ -231,6 +245,14 @@ class NativeBackend(WorkerBackend):
         if conn.out and conn.dead is None:  # a large result: it is ours until it is out
             conn.flush_blocking(conn.write_timeout)
         self.hooks.on_result_sent(conn.dead is None and conn.sock is not None)
+
+    def _refuse(self, conn: ServerConnection, handle: bytes, function: bytes, size: int) -> None:
+        """A job over max_workload: WORK_FAIL without running it; the connection stays."""
+        if self._grabbing is conn:
+            self._grabbing = None
+        conn.state = READY
+        self.refuse_oversize(handle, function, size)
+        self._send_result(conn, handle, JobResult("fail"))
 
     def _send_result(self, conn: ServerConnection, handle: bytes, result: JobResult) -> None:
         """Send the result, pipelined with the next grab if we go on."""

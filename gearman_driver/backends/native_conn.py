@@ -67,7 +67,7 @@ class ServerConnection:
         self.server = server
         self.sel = sel
         self.sock: socket.socket | None = None
-        self.parser = PacketParser(max_size=max_packet)
+        self.parser = PacketParser(max_size=max_packet, drop_oversize_jobs=True)
         self.out = bytearray()  # reused for every partial write
         self.state = DOWN
         self.dead: str | None = None  # set by a failed write; the loop closes the connection
@@ -154,7 +154,7 @@ class ServerConnection:
                 self.errors.append((_address_label(addr), os.strerror(err)))
                 continue
             self.sock = sock
-            self.parser = PacketParser(max_size=self.max_packet)
+            self.parser = PacketParser(max_size=self.max_packet, drop_oversize_jobs=True)
             self.out.clear()
             self.dead = None
             self._want_write = True
@@ -201,7 +201,12 @@ class ServerConnection:
         """Packets from one recv; raises ConnectionError on EOF, ProtocolError on garbage."""
         assert self.sock is not None
         parser = self.parser
-        size = RECV_MIN if not parser.buffered else min(max(parser.wanted, RECV_MIN), RECV_MAX)
+        if parser.skipping:  # an oversize job's workload: read it in big gulps and drop it
+            size = min(max(parser.skipping, RECV_MIN), RECV_MAX)
+        elif parser.buffered:
+            size = min(max(parser.wanted, RECV_MIN), RECV_MAX)
+        else:
+            size = RECV_MIN
         try:
             data = self.sock.recv(size)
         except (BlockingIOError, InterruptedError):

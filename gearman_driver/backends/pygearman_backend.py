@@ -133,6 +133,9 @@ class PygearmanBackend(WorkerBackend):
     name = "pygearman"
 
     def run_job(self, worker: _Worker, raw: Any) -> JobResult:
+        if len(raw.data) > self.max_workload:  # pygearman has buffered it all by now
+            self.refuse_oversize(raw.handle, raw.task, len(raw.data))
+            return JobResult("fail")
         name, runner = self.runners[raw.task]
         return runner(_Job(worker, raw, name))
 

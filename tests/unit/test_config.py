@@ -148,7 +148,7 @@ def test_unknown_key_in_job_runtime_attributes(tmp_path: Path) -> None:
     )
     assert error_of([path]) == (
         f"{path}:4:5: job_runtime_attributes.m.C.job.max_proc: unknown key (expected one of: "
-        "max_jobs_per_process, max_processes, min_processes, timeout, worker_backend)"
+        "max_jobs_per_process, max_processes, max_rss_mb, min_processes, timeout, worker_backend)"
     )
 
 
@@ -483,3 +483,16 @@ def test_metrics_endpoint_keys(tmp_path: Path) -> None:
     assert (s.metrics_port, s.metrics_host) == (9732, "0.0.0.0")
     assert error_of([write(tmp_path, "metrics_port: 70000\n")]).endswith(
         "1:15: metrics_port: expected an integer 0..65535, got 70000")
+
+
+def test_memory_limits_top_level_and_per_job(tmp_path: Path) -> None:
+    s = load_settings([])
+    assert (s.max_rss_mb, s.max_workload_mb) == (0, 256)
+    path = write(tmp_path, "max_rss_mb: 512\nmax_workload_mb: 16\njob_runtime_attributes:\n"
+                           "  m.C.job:\n    max_rss_mb: 128.5\n")
+    s = load_settings([path])
+    assert (s.max_rss_mb, s.max_workload_mb) == (512.0, 16)
+    assert s.job_runtime_attributes["m.C.job"]["max_rss_mb"] == 128.5
+    assert error_of([write(tmp_path, "max_workload_mb: 0\n")]).endswith(
+        "max_workload_mb: expected an integer 1..4095, got 0")
+    assert "max_rss_mb" in error_of([write(tmp_path, "max_rss_mb: -1\n")])

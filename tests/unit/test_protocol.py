@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gearman_driver.protocol import (
     HEADER_SIZE,
+    OVERSIZE_JOB,
     REQ,
     RES,
     SPEC,
@@ -141,6 +142,29 @@ def test_oversized_packet_rejected_from_its_header() -> None:
         parser.feed(RES + struct.pack(">II", Cmd.ECHO_RES, 1025))
     parser = PacketParser(max_size=1024)
     assert parser.feed(encode_response(Cmd.ECHO_RES, b"x" * 1024))[0].args == (b"x" * 1024,)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 0])
+@pytest.mark.parametrize("uniq", [True, False])
+def test_an_oversize_job_is_read_past_not_buffered(chunk: int, uniq: bool) -> None:
+    """With drop_oversize_jobs, a job over the limit yields its handle, function and size,
+    its workload is dropped as it arrives, and the stream goes on after it."""
+    workload = bytes(range(256)) * 40  # 10 KiB, NULs included
+    if uniq:
+        job = encode_response(Cmd.JOB_ASSIGN_UNIQ, b"H:h:9", b"big.fn", b"u1", workload)
+    else:
+        job = encode_response(Cmd.JOB_ASSIGN, b"H:h:9", b"big.fn", workload)
+    stream = encode_response(Cmd.NOOP) + job + encode_response(Cmd.ECHO_RES, b"after")
+    parser = PacketParser(max_size=1024, drop_oversize_jobs=True)
+    packets: list[Packet] = []
+    for i in range(0, len(stream), chunk or len(stream)):
+        packets.extend(parser.feed(stream[i:i + (chunk or len(stream))]))
+        assert parser.buffered <= 1024 + HEADER_SIZE
+    assert [(p.cmd, p.args) for p in packets] == [
+        (Cmd.NOOP, ()), (OVERSIZE_JOB, (b"H:h:9", b"big.fn", str(len(workload)).encode())),
+        (Cmd.ECHO_RES, (b"after",))]
+    with pytest.raises(ProtocolError, match="exceeds"):  # other types are still refused
+        parser.feed(RES + struct.pack(">II", Cmd.ECHO_RES, 1025))
 
 
 def test_malformed_after_good_packets_still_raises() -> None:

@@ -255,7 +255,7 @@ def runner_for(worker: Worker, name: str) -> tuple[Any, Any]:
     slot = board.allocate()
     writer = board.child_writer(slot)
     writer.ready(1)
-    return make_runner(spec, spec.methods[0], writer, lambda: None), (board, slot)
+    return make_runner(spec, spec.methods[0], writer, lambda job: None), (board, slot)
 
 
 def test_runner_decodes_hooks_and_encodes_and_records_errors() -> None:

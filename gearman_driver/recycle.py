@@ -1,0 +1,53 @@
+"""When a worker process should finish and be replaced: after so many jobs, or once it has
+grown too big (a job that leaks would otherwise grow without bound).
+
+Checked after every job, so it must cost next to nothing: the resident size is one `pread` of
+/proc/self/statm on a descriptor kept open (reopened if a job closed it), no psutil.
+"""
+
+from __future__ import annotations
+
+import os
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MIB = 1024 * 1024
+
+
+class StatmReader:
+    """The resident set size of this process, in bytes."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+
+    def rss(self) -> int:
+        for _ in range(2):
+            if self._fd < 0:
+                self._fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return int(os.pread(self._fd, 128, 0).split()[1]) * PAGE_SIZE
+            except (OSError, ValueError, IndexError):  # a job closed our descriptor
+                self._fd = -1
+        raise OSError("cannot read /proc/self/statm")
+
+
+class Recycler:
+    """Counts the jobs of one process and says when it should stop: `max_jobs` (0: never),
+    `max_rss_mb` (0: never)."""
+
+    def __init__(self, max_jobs: int, max_rss_mb: float) -> None:
+        self.max_jobs = max_jobs
+        self.max_rss = int(max_rss_mb * MIB)
+        self.jobs = 0
+        self._statm = StatmReader() if self.max_rss else None
+
+    def after_job(self) -> str | None:
+        """Why this process should stop now (for the log), or None to go on."""
+        self.jobs += 1
+        if self.max_jobs and self.jobs >= self.max_jobs:
+            return f"{self.jobs} jobs done"
+        if self._statm is not None:
+            rss = self._statm.rss()
+            if rss > self.max_rss:
+                return (f"resident memory {rss / MIB:.1f} MB exceeds max_rss_mb "
+                        f"{self.max_rss / MIB:g}")
+        return None
