@@ -45,3 +45,13 @@ def test_the_config_reading_limits_are_the_documented_ones() -> None:
     assert f"at most {MAX_FILE_BYTES // 1024} KiB" in text
     assert f"at most {MAX_VALUES:,} values once YAML aliases are expanded" in text
     assert f"nested at most {MAX_DEPTH} levels deep" in text
+
+
+def test_the_readme_journey_has_the_system_tiers_steps() -> None:
+    """The README's operator's journey numbers the same steps tests/system walks."""
+    journey = (README.parent / "tests" / "system" / "test_journey.py").read_text()
+    tested = {int(n) for n in re.findall(r"^def test_(\d+)_", journey, re.M)}
+    text = README.read_text()
+    section = text[text.index("### The operator's journey"):text.index("### The sandbox")]
+    shown = {int(n) for n in re.findall(r"^    # (\d+)\. ", section, re.M)}
+    assert tested == shown == set(range(1, 11))
