@@ -30,16 +30,15 @@ from gearman_driver.jobs import Job
 from gearman_driver.looplag import LoopLag
 from gearman_driver.metrics_http import MetricsServer
 from gearman_driver.observer import Snapshot
+from gearman_driver.processes import RECYCLED_FOR
 from gearman_driver.scoreboard import DURATION_BUCKETS, MAX_FUNCTIONS, Counters, Scoreboard
 
 if TYPE_CHECKING:
     from gearman_driver.driver import Driver
 
-__all__ = ["RECYCLE_LABELS", "DriverCollector", "MetricsSource", "exposition", "make_registry",
+__all__ = ["DriverCollector", "MetricsSource", "exposition", "make_registry",
            "open_endpoint"]
 
-#: Every reason of gearman_driver_recycled_total, reported from zero so rate() sees the first.
-RECYCLE_LABELS = ("max_jobs", "job_timeout", "reload", "console", "died")
 _BOUNDS = tuple(f"{bound:g}" for bound in DURATION_BUCKETS) + ("+Inf",)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -68,12 +67,14 @@ class DriverCollector(Collector):
         yield from self._jobs(source.jobs, board)
         yield from self._gearmand(source.snapshot())
         reloads = CounterMetricFamily("gearman_driver_reloads_total",
-                                      "Reloads (SIGHUP) by result", labels=["result"])
+                                      "Reloads (SIGHUP, reload command) by result: ok, or "
+                                      "failed (refused)", labels=["result"])
         for result in ("ok", "failed"):
             reloads.add_metric([result], source.reloads.get(result, 0))
         yield reloads
         yield GaugeMetricFamily("gearman_driver_loop_lag_seconds",
-                                "How late the master's loop turns were (worst of the last 10 s)",
+                                "How late the master's loop turns were (worst of the last "
+                                "10 to 20 s)",
                                 value=source.loop_lag())
         info = GaugeMetricFamily("gearman_driver_build_info", "Version and default worker backend",
                                  labels=["version", "backend"])
@@ -129,7 +130,7 @@ class DriverCollector(Collector):
             starts.add_metric([name], job.starts_total)
             failed.add_metric([name], job.failed_starts_total)
             timeouts.add_metric([name], job.timeouts_total)
-            for reason in RECYCLE_LABELS:
+            for reason in RECYCLED_FOR:  # from zero, so that rate() sees the first
                 recycled.add_metric([name, reason], job.recycled_total.get(reason, 0))
         yield from (processes, busy, low, high, done, durations, starts, failed, timeouts,
                     recycled)

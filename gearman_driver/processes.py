@@ -38,6 +38,8 @@ FORK_RETRY_CAP = 30.0
 #: master gave; a process that exits by itself is "max_jobs" or "died".
 RECYCLE_REASONS = {"reload": "reload", "re-exec": "reload", "job timeout": "job_timeout",
                    "console kill": "console", "console killall": "console"}
+#: Every reason a process is counted as recycled for, in the metrics' order.
+RECYCLED_FOR = ("max_jobs", "job_timeout", "reload", "console", "died")
 FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
                 signal.SIGUSR1, signal.SIGUSR2}
 
