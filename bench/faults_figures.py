@@ -235,6 +235,18 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'the master never dies (same pid); each re-exec happens once; the held SIGHUPs '
         'make the new master reload once it is ready; every job completed; no traceback',
     ),
+    (
+        '`test_logging_faults.py`',
+        'with `logfile` set and 2 clients submitting jobs: a reload whose new `logfile`'
+        " lies in a missing directory; then SIGUSR1 after the log's directory was "
+        'removed while 0.3 s jobs are in hand, a reload, the directory recreated and '
+        'SIGUSR1 again.',
+        'the reload refused with `file:line:col: logfile: …` in the old log, no '
+        'directory created; after the removal the master keeps running on the old '
+        '(unlinked) file, exactly one warning there and one on stderr, a later reload '
+        'still logged, the next SIGUSR1 reopens the new file; every process kept, every'
+        ' job completed, no traceback',
+    ),
 ]
 
 SCENARIOS = """\
@@ -319,7 +331,8 @@ ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "proce
          "max_jobs_per_process",
          "max_rss_mb", "workload over",
          "bad config", "config read bounds", "console abuse", "SIGTERM", "process ceiling",
-         "fork fails", "console control", "console flood", "start-up error", "reload refused"]
+         "fork fails", "console control", "console flood", "start-up error", "reload refused",
+         "SIGHUP storm", "log faults"]
 
 
 def run_suite(figures: Path, extra: list[str]) -> tuple[float, str]:

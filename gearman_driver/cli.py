@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gearman_driver.config import EX_CONFIG, ConfigError, load_settings
     from gearman_driver.driver import Driver
     from gearman_driver.jobs import LoadError
-    from gearman_driver.logs import setup_logging
-    from gearman_driver.paths import EX_CANTCREAT, CannotCreate, describe_path_error
+    from gearman_driver.logs import install, open_configured, setup_logging
+    from gearman_driver.paths import EX_CANTCREAT, CannotCreate
     from gearman_driver.pidfile import PidFile, PidFileLocked
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -56,13 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = parse_args(args)
     try:
         settings = load_settings(command.config_files, command.overrides)
-        try:
-            setup_logging(settings.loglevel, settings.logfile, settings.loglayout)
-        except OSError as exc:
-            raise settings.error(("logfile",), f"expected a file that can be opened for "
-                                 f"appending, got {settings.logfile!r} "
-                                 f"({describe_path_error(settings.logfile or '', exc)})"
-                                 ) from exc
+        install(open_configured(settings), settings.loglevel)
         driver = Driver(settings)
         driver.cli_overrides = command.overrides
         driver.reexec_allowed = True

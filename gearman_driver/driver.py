@@ -13,6 +13,7 @@ import logging
 import os
 import selectors
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -314,6 +315,19 @@ class Driver:
         if self.selector is not None:
             self.selector.close()
 
+    def _reopen_log(self) -> None:
+        """SIGUSR1. A log file that cannot be reopened (its directory removed) is no reason to
+        stop: the old one stays in use, and one warning says so, also on stderr (the journal
+        under systemd), since the old file may no longer have a name."""
+        problem = reopen_logfile()
+        if problem is None:
+            log.info("log file reopened")
+            return
+        message = (f"cannot reopen the log file {self.settings.logfile}: {problem}; still "
+                   f"logging to the file opened before")
+        log.warning("%s", message)
+        print(f"gearman-driver: warning: {message}", file=sys.stderr, flush=True)
+
     def _hold_signals(self) -> None:
         """Before re-executing: block the handled signals (the mask survives exec) so that one
         arriving before the new image has its handlers (whose default action would kill the
@@ -343,8 +357,7 @@ class Driver:
             elif signum == signal.SIGHUP:
                 self.request_reload()
             elif signum == signal.SIGUSR1:
-                reopen_logfile()
-                log.info("log file reopened")
+                self._reopen_log()
 
     @property
     def reload_in_progress(self) -> bool:

@@ -15,9 +15,13 @@ import io
 import logging
 import os
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from gearman_driver import journal
+from gearman_driver.paths import describe_path_error
+
+if TYPE_CHECKING:
+    from gearman_driver.config import Settings
 
 DEFAULT_LAYOUT = "[%d] %p %m%n"
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
@@ -116,14 +120,8 @@ class _NoFollowFileHandler(logging.FileHandler):
 _handler: logging.Handler | None = None
 
 
-def setup_logging(level: str = "INFO", logfile: str | None = None,
-                  layout: str = DEFAULT_LAYOUT) -> logging.Handler:
-    """(Re)configure the root logger; called at start and again on reload or SIGUSR1."""
-    global _handler
-    root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
-        _handler.close()
+def open_handler(logfile: str | None = None, layout: str = DEFAULT_LAYOUT) -> logging.Handler:
+    """A handler for the log file (opened now: OSError if it cannot be), or for stderr."""
     handler: logging.Handler
     to_journal = False
     formatter_class = logging.Formatter
@@ -138,18 +136,57 @@ def setup_logging(level: str = "INFO", logfile: str | None = None,
     handler.setFormatter(formatter_class(translate_layout(layout, journal=to_journal),
                                          DATE_FORMAT))
     handler.addFilter(_ContextFilter())
+    return handler
+
+
+def open_configured(settings: Settings) -> logging.Handler:
+    """open_handler for these settings; a log file that cannot be opened is the config's
+    mistake, told in one line at its `logfile` key (at start, and when a reload names it)."""
+    try:
+        return open_handler(settings.logfile, settings.loglayout)
+    except OSError as exc:
+        raise settings.error(("logfile",), f"expected a file that can be opened for "
+                             f"appending, got {settings.logfile!r} "
+                             f"({describe_path_error(settings.logfile or '', exc)})") from exc
+
+
+def install(handler: logging.Handler, level: str = "INFO") -> logging.Handler:
+    """Make `handler` the root logger's only one (closing the one before)."""
+    global _handler
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler.close()
     root.addHandler(handler)
     root.setLevel(level)
     _handler = handler
     return handler
 
 
-def reopen_logfile() -> None:
-    """SIGUSR1: reopen the log file after logrotate moved it."""
-    if isinstance(_handler, logging.FileHandler):
-        _handler.acquire()
+def setup_logging(level: str = "INFO", logfile: str | None = None,
+                  layout: str = DEFAULT_LAYOUT) -> logging.Handler:
+    """(Re)configure the root logger: open_handler, then install."""
+    return install(open_handler(logfile, layout), level)
+
+
+def reopen_logfile() -> str | None:
+    """SIGUSR1: reopen the log file after logrotate moved it. When it cannot be opened (its
+    directory was removed, ...) the file opened before stays in use; returns why, else None."""
+    handler = _handler
+    if not isinstance(handler, logging.FileHandler):
+        return None
+    try:
+        stream = handler._open()
+    except OSError as exc:
+        return describe_path_error(handler.baseFilename, exc)
+    handler.acquire()
+    try:
+        old, handler.stream = handler.stream, stream
+    finally:
+        handler.release()
+    if old is not None:
         try:
-            _handler.close()
-            _handler.stream = _handler._open()
-        finally:
-            _handler.release()
+            old.close()
+        except OSError:
+            pass  # its last lines could not be flushed (disk full): the new file goes on
+    return None

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from gearman_driver.config import ConfigError, Settings, load_settings, options_for
 from gearman_driver.jobs import JobSpec, LoadError
 from gearman_driver.loader import apply_runtime_attributes, build_worker, job_specs
-from gearman_driver.logs import setup_logging
+from gearman_driver.logs import install, open_configured
 from gearman_driver.trial import start_trial
 
 if TYPE_CHECKING:
@@ -55,51 +55,77 @@ class ReloadOutcome:
                                      f"running on the previous configuration")
 
 
+@dataclass
+class _Prepared:
+    """A reload between reading the files and applying them: what was opened for it already
+    (so that a mistake there refuses it before anything changed) is closed if it is refused."""
+
+    old: Settings
+    new: Settings
+    reexec: bool = False
+    log_handler: logging.Handler | None = None  # when the logging settings changed
+
+    def discard(self) -> None:
+        if self.log_handler is not None:
+            self.log_handler.close()
+            self.log_handler = None
+
+
 def apply_reload(driver: Driver) -> None:
     """Re-read the config files and apply them, now or once the new worker code loaded in a
     trial process; on any mistake nothing changes (the outcome says why)."""
     old = driver.settings
     driver.notifier.reloading()
+    prepared: _Prepared | None = None
     try:
         new = load_settings(old.config_files, driver.cli_overrides)
-        reexec = _needs_reexec(driver, old, new)
-        if reexec and not driver.reexec_allowed:
+        prepared = _Prepared(old, new)
+        if (new.loglevel, new.logfile, new.loglayout) != (old.loglevel, old.logfile,
+                                                         old.loglayout):
+            prepared.log_handler = open_configured(new)
+        prepared.reexec = _needs_reexec(driver, old, new)
+        if prepared.reexec and not driver.reexec_allowed:
             raise ConfigError("the change needs a restart of gearman-driver (namespaces, lib "
                               "or worker code changed)")
-        if reexec or _changed_classes(driver, old, new):
+        if prepared.reexec or _changed_classes(driver, old, new):
             assert driver.selector is not None
+            ready = prepared
             driver.trial = start_trial(old, new, driver.selector, driver.close_in_child,
-                                       lambda error: _tried(driver, old, new, reexec, error))
+                                       lambda error: _tried(driver, ready, error))
             return
-        _apply(driver, old, new)
+        _apply(driver, prepared)
     except (ConfigError, LoadError, OSError) as exc:
-        _refuse(driver, str(exc))
+        _refuse(driver, str(exc), prepared)
 
 
-def _tried(driver: Driver, old: Settings, new: Settings, reexec: bool, error: str | None) -> None:
+def _tried(driver: Driver, prepared: _Prepared, error: str | None) -> None:
     """The trial answered (or ran out of time): go on with the reload, or refuse it."""
     driver.trial = None
     if error is not None:
-        _refuse(driver, error)
+        _refuse(driver, error, prepared)
         return
-    if reexec:
+    if prepared.reexec:
+        prepared.discard()  # the new master opens what it needs itself
         log.info("the new worker code loads: re-executing the master")
         driver.request_reexec()  # the new master sends READY=1
         driver.finish_reload(None)
         return
     try:
-        _apply(driver, old, new)
+        _apply(driver, prepared)
     except (ConfigError, LoadError) as exc:
-        _refuse(driver, str(exc))
+        _refuse(driver, str(exc), prepared)
 
 
-def _refuse(driver: Driver, error: str) -> None:
+def _refuse(driver: Driver, error: str, prepared: _Prepared | None) -> None:
+    if prepared is not None:
+        prepared.discard()
     driver.finish_reload(error)
     log.error("%s", driver.reload_outcome.status if driver.reload_outcome else error)
     driver.notifier.ready()
 
 
-def _apply(driver: Driver, old: Settings, new: Settings) -> None:
+def _apply(driver: Driver, prepared: _Prepared) -> None:
+    old, new = prepared.old, prepared.new
     new_specs = _rebuilt_specs(driver, old, new)
     driver.settings = new
     restart = {name for name, spec in new_specs.items()
@@ -111,8 +137,9 @@ def _apply(driver: Driver, old: Settings, new: Settings) -> None:
         job.failed_starts, job.next_start_at = 0, 0.0
     if restart:
         driver.rolling_restart(sorted(restart))
-    if (new.loglevel, new.logfile, new.loglayout) != (old.loglevel, old.logfile, old.loglayout):
-        setup_logging(new.loglevel, new.logfile, new.loglayout)
+    if prepared.log_handler is not None:
+        install(prepared.log_handler, new.loglevel)
+        prepared.log_handler = None
     driver.settings_changed(old)
     driver.finish_reload(None)
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
