@@ -22,7 +22,7 @@ SECTIONS = {
     "## Reaction": r"\d+\.\d+",
     "## Control plane": r"\d+\.\d+ s",
     "## Profile": r"\d+\.\d+ µs",
-    "## Metrics": r"\d+\.\d+ ms",
+    "## Metrics": r"\d+\.\d+\)? ms",
     "## Scale": r"\| launch → READY=1 \(s\) \| \d+\.\d+",
     "## Fairness": r"lost\) \| 0 \|",
     "## Footprint": r"idle child PSS \| \d+\.\d+",
