@@ -13,12 +13,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gearmand_util import admin, start_gearmand, stop_gearmand, wait_for
+from tests.gearmand_util import admin, free_port, start_gearmand, stop_gearmand, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -154,12 +156,14 @@ def test_build_lintian_install_run_purge(as_root: None, tmp_path: Path,
         assert UPPER in check.stdout
 
         gearmand, port = start_gearmand(tmp_path / "gearmand")
+        metrics_port = free_port()
         config = shared_dir / "config.yml"
         config.write_text(json.dumps({
             "namespaces": ["examples.workers"],
             "lib": ["/usr/share/gearman-driver"],
             "server": f"127.0.0.1:{port}",
             "console_port": 0,
+            "metrics_port": metrics_port,
             "interval": 1,
             "graceful_timeout": 10,
             "loglevel": "DEBUG",
@@ -186,6 +190,16 @@ def test_build_lintian_install_run_purge(as_root: None, tmp_path: Path,
         job = run(["gearman", "-h", "127.0.0.1", "-p", str(port), "-f", UPPER, "hello"],
                   timeout=30)
         assert job.stdout.strip() == "HELLO", job
+        # the metrics endpoint with Debian's python3-prometheus-client (the package's Depends)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            metrics = reply.read().decode()
+        done = {tuple(sorted(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(metrics)
+                for sample in family.samples if sample.name == "gearman_driver_jobs_total"}
+        upper = (("function", UPPER), ("job_name", UPPER))
+        assert (done[(*upper, ("result", "complete"))], done[(*upper, ("result", "failed"))]) \
+            == (1, 0), metrics[:3000]
 
         os.kill(driver.pid, signal.SIGTERM)
         code = driver.wait(timeout=40)
