@@ -58,6 +58,17 @@ def job_done() -> None:
     journal.job_fields.clear()
 
 
+def about_job(name: str, handle: str = "", function: str = "") -> dict[str, dict[str, str]]:
+    """`extra=` for a master's line about one job (its processes, a timeout), so that
+    `journalctl JOB=<name>` shows it beside the job's own lines."""
+    fields = {"JOB": name}
+    if handle:
+        fields["GEARMAN_HANDLE"] = handle
+    if function:
+        fields["GEARMAN_FUNCTION"] = function
+    return {"journal_fields": fields}
+
+
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.context = _context

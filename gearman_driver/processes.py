@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from gearman_driver.child import run_child
 from gearman_driver.jobs import Job, JobTable, Process
+from gearman_driver.logs import about_job
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import Scoreboard, SlotView, State
 
@@ -94,7 +95,7 @@ class ProcessManager:
         if self.start_failures == 1:
             log.error("cannot start a process for %s: %s; retrying every start in %gs, "
                       "backing off up to %gs (logged once until a start succeeds)",
-                      job.name, why, delay, FORK_RETRY_CAP)
+                      job.name, why, delay, FORK_RETRY_CAP, extra=about_job(job.name))
         else:
             log.debug("start %d in a row failed for %s: %s; next try in %gs",
                       self.start_failures, job.name, why, delay)
@@ -142,7 +143,8 @@ class ProcessManager:
         self.jobs.add_process(job, Process(pid, slot, job.name, time.monotonic(),
                                            max_jobs=max_jobs))
         job.starts_total += 1
-        log.info("started process %d for %s (%s)", pid, job.name, reason)
+        log.info("started process %d for %s (%s)", pid, job.name, reason,
+                 extra=about_job(job.name))
         return pid
 
     # -- stop ------------------------------------------------------------------------------
@@ -155,7 +157,8 @@ class ProcessManager:
         process.stop_reason = process.cause = reason
         process.kill_at = now + self._graceful_timeout()
         self._signal(process.pid, signal.SIGTERM)
-        log.info("stopping process %d of %s (%s)", process.pid, process.job, reason)
+        log.info("stopping process %d of %s (%s)", process.pid, process.job, reason,
+                 extra=about_job(process.job))
 
     def kill(self, process: Process, reason: str) -> None:
         """SIGKILL: for a process past its graceful deadline or its job timeout."""
@@ -165,7 +168,8 @@ class ProcessManager:
         process.stop_reason = reason
         process.kill_at = None
         self._signal(process.pid, signal.SIGKILL)
-        log.warning("killed process %d of %s (%s)", process.pid, process.job, reason)
+        log.warning("killed process %d of %s (%s)", process.pid, process.job, reason,
+                    extra=about_job(process.job))
 
     def _signal(self, pid: int, signum: int) -> None:
         try:
@@ -186,11 +190,12 @@ class ProcessManager:
             if timeout and not process.kill_at:
                 view = self.scoreboard.read(process.slot)
                 if view.busy and wall - view.job_started > timeout:
+                    functions = job.spec.functions  # a process group's: which one is unknown
                     log.error("job %s of %s ran %.1fs, over its timeout of %gs: killing "
                               "process %d", view.handle or "?", job.name,
                               wall - view.job_started, timeout, process.pid,
-                              extra={"journal_fields": {"JOB": job.name,
-                                                        "GEARMAN_HANDLE": view.handle}})
+                              extra=about_job(job.name, view.handle,
+                                              functions[0] if len(functions) == 1 else ""))
                     job.timeouts_total += 1
                     self.kill(process, "job timeout")
 
@@ -231,7 +236,7 @@ class ProcessManager:
         how = describe_status(status)
         if process.stopping:
             log.info("process %d of %s exited (%s; %s)", process.pid, job.name,
-                     process.stop_reason, how)
+                     process.stop_reason, how, extra=about_job(job.name))
             _count_recycled(job, RECYCLE_REASONS.get(process.cause))
             return
         lived = now - process.started
@@ -257,14 +262,15 @@ class ProcessManager:
                 message = f"process exited {lived:.1f}s after its start ({how})"
             job.last_error, job.last_error_msg = time.time(), message
             log.error("process %d of %s failed to start: %s; %d failed start(s) in a row, "
-                      "next start in %gs", process.pid, job.name, message, steps, delay)
+                      "next start in %gs", process.pid, job.name, message, steps, delay,
+                      extra=about_job(job.name, view.handle if lost else ""))
         else:
             job.failed_starts = 0
             job.next_start_at = 0.0
             level = logging.INFO if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 \
                 else logging.WARNING
             log.log(level, "process %d of %s exited after %d jobs (%s); replacing it",
-                    process.pid, job.name, view.jobs_done, how)
+                    process.pid, job.name, view.jobs_done, how, extra=about_job(job.name))
             recycled = level == logging.INFO and process.max_jobs and \
                 view.jobs_done >= process.max_jobs
             _count_recycled(job, "max_jobs" if recycled else "died")

@@ -28,10 +28,12 @@ TEXT = "examples.workers.text.Text"
 SHIPPED_FUNCTIONS = {f"{TEXT}.upper", f"{TEXT}.reverse", f"{TEXT}.word_count", "maths.add",
                      "maths.multiply"}
 STEPS = "journeyjobs.workers.Steps"
-# Test workers of the journey's own: a job of a few seconds (step 8) and one that logs and
-# fails (journal fields). Installed in /opt/journey, named in the config's namespaces/lib.
+# Test workers of the journey's own: a job of a few seconds (step 8), one that logs and fails
+# and one that overruns its timeout once (journal fields). Installed in /opt/journey, named in
+# the config's namespaces/lib.
 JOURNEY_WORKERS = '''\
 import logging
+import os
 import time
 
 from gearman_driver import Worker, job
@@ -49,6 +51,15 @@ class Steps(Worker):
     def noisy(self, job, workload):
         log.warning("noisy got %s", workload.decode())
         raise RuntimeError("noisy failed on " + workload.decode())
+
+    @job(timeout=1)
+    def stuck(self, job, workload):
+        log.info("stuck on %s", workload.decode())
+        marker = "/tmp/stuck-" + workload.decode()
+        if not os.path.exists(marker):  # the first try overruns; gearmand hands the job on
+            open(marker, "w").close()
+            time.sleep(60)
+        return b"unstuck"
 '''
 
 
@@ -240,6 +251,7 @@ def test_5b_journal_fields_name_the_job_and_keep_a_traceback_whole(
         "  - examples.workers\n", "  - examples.workers\n  - journeyjobs\n").replace(
         "  - /usr/share/gearman-driver\n", "  - /usr/share/gearman-driver\n  - /opt/journey\n"))
     assert systemctl(box, "restart", UNIT).returncode == 0
+    master = main_pid(box)
     submit(box, f"{STEPS}.noisy", "n1")  # the job fails
     noisy = f"{STEPS}.noisy"
 
@@ -249,9 +261,12 @@ def test_5b_journal_fields_name_the_job_and_keep_a_traceback_whole(
     assert wait_for(lambda: any("Traceback" in e["MESSAGE"] for e in entries()), 10)
     lines = entries()
     assert {e["JOB"] for e in lines} == {noisy}
-    pids = {e["_PID"] for e in lines}
-    same_pids = [e for e in journal(box) if e.get("_PID") in pids]
-    assert len(same_pids) == len(lines)  # every line of that job's process, nothing else
+    workers = {e["_PID"] for e in lines} - {str(master)}
+    assert len(workers) == 1
+    of_worker = [e for e in journal(box) if e.get("_PID") in workers]
+    assert of_worker and all(e.get("JOB") == noisy for e in of_worker)  # every line of it
+    about = [e["MESSAGE"] for e in lines if e["_PID"] == str(master)]
+    assert about and all(noisy in m for m in about)  # and the master's lines about it
     warning = next(e for e in lines if "noisy got n1" in e["MESSAGE"])
     failure = next(e for e in lines if "Traceback" in e["MESSAGE"])
     assert warning["PRIORITY"] == "4" and failure["PRIORITY"] == "3"
@@ -263,6 +278,16 @@ def test_5b_journal_fields_name_the_job_and_keep_a_traceback_whole(
                 and "Traceback" not in e["MESSAGE"]]  # one entry, not one per line
     other = journal(box, f"JOB={TEXT}.upper")
     assert other and all(e["JOB"] == f"{TEXT}.upper" for e in other)
+
+    stuck = f"{STEPS}.stuck"
+    assert submit(box, stuck, "s1").stdout == "unstuck"  # killed once for its timeout
+    lines = journal(box, f"JOB={stuck}")
+    timeout = next(e for e in lines if "over its timeout" in e["MESSAGE"])
+    assert timeout["_PID"] == str(master) and timeout["PRIORITY"] == "3"
+    assert timeout["GEARMAN_FUNCTION"] == stuck
+    tries = [e for e in lines if "stuck on s1" in e["MESSAGE"]]
+    assert len(tries) == 2 and tries[0]["GEARMAN_HANDLE"] == timeout["GEARMAN_HANDLE"]
+    assert journal(box, f"GEARMAN_HANDLE={timeout['GEARMAN_HANDLE']}")[0] == tries[0]
 
 
 def _watchdog_dropin(box: Container, text: str | None) -> None:
@@ -283,7 +308,7 @@ def test_6_a_frozen_master_is_killed_by_the_watchdog_and_restarted(
     assert systemctl(box, "restart", UNIT).returncode == 0
     master, restarts = main_pid(box), int(prop(box, "NRestarts"))
     children = processes_of_master(box, master)
-    assert len(children) == 8  # 4 shipped jobs, nap's 3 and noisy's 1
+    assert len(children) == 9  # 4 shipped jobs, nap's 3, noisy's and stuck's
     box.run(["sh", "-c", f"kill -STOP {master}"])
 
     def restarted() -> bool:
@@ -310,7 +335,8 @@ def test_7_after_kill_9_the_master_is_restarted_without_duplicate_workers(
 
     assert wait_for(restarted, 60, interval=0.5)
     assert wait_for(lambda: not [pid for pid in children if alive(box, pid)], 20)
-    expected = {function: 1 for function in SHIPPED_FUNCTIONS | {f"{STEPS}.noisy"}}
+    expected = {function: 1 for function in
+                SHIPPED_FUNCTIONS | {f"{STEPS}.noisy", f"{STEPS}.stuck"}}
     expected[f"{STEPS}.nap"] = 3
     assert wait_for(lambda: registered(box) == expected, 20), registered(box)
     assert masters_at_gearmand(box) == {main_pid(box)}
