@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -229,3 +230,18 @@ def test_reloads_are_counted_by_result_and_follow_a_new_metrics_port(
     assert wait_for(moved)
     with pytest.raises(OSError):
         reloads(old_port)
+
+
+def test_the_daemon_answers_a_scrape_while_100_idle_connections_are_held(
+        metrics_driver: tuple[DriverProcess, int]) -> None:
+    _, metrics_port = metrics_driver
+    idle = [socket.create_connection(("127.0.0.1", metrics_port), timeout=5) for _ in range(100)]
+    try:
+        for sock in idle[::2]:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a request, then silence
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=2.0) as reply:  # a timeout fails the test
+            assert b"gearman_driver_processes{" in reply.read()
+    finally:
+        for sock in idle:
+            sock.close()
