@@ -205,6 +205,15 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'both transports; the daemon\'s own user may; after the reload nobody may',
     ),
     (
+        '`test_console_flood.py`',
+        '64 idle and 64 slow (one byte `s` a second, never a newline) TCP connections to '
+        'the console, each reopened as soon as the daemon closes it; meanwhile 20 `status` '
+        'calls 0.5 s apart, alternating between TCP and the unix socket.',
+        'all 20 answered with the job table (latencies in the figures; the README\'s 1 s is '
+        'the slowest measured), the daemon closed the slow ones (line timeout 5 s) and '
+        'logged its summary line, no traceback',
+    ),
+    (
         '`test_startup_errors.py`',
         'the daemon started with a pid file in a missing directory, a directory, a FIFO or a '
         'planted symlink (to a 0600 file) as pid file, a planted symlink as log file, a '

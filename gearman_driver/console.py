@@ -6,6 +6,12 @@ not read its replies is throttled and then dropped, idle connections are closed 
 ``tick``, and a failing command is answered, never raised into the loop. Commands and their
 wording live in :mod:`gearman_driver.console_commands`.
 
+A client must send each line within LINE_TIMEOUT seconds of its first byte (and its first
+line within LINE_TIMEOUT of connecting), or it is closed; each listener has its own budget of
+MAX_CONNECTIONS, and a full one closes a connection that is still owing a line (else the one
+idle longest) to let a newcomer in. So idle or byte-a-second connections cannot lock out
+the console, and a flood on TCP leaves the unix socket alone.
+
 The console is no local root shell: a command that changes something is run only for root,
 the daemon's own user and the users of ``console_allow_users``; the peer's uid comes from
 the kernel (:mod:`gearman_driver.peercred`), on TCP as on the unix socket.
@@ -19,6 +25,7 @@ import os
 import selectors
 import socket
 import stat
+import time
 
 from .console_commands import (
     Controller,
@@ -29,13 +36,15 @@ from .console_commands import (
 )
 from .paths import CannotCreate, describe_path_error, kind_of
 from .peercred import peer_uid
-from .streamserver import OUTPUT_HIGH_WATER, RECV_SIZE, Connection, StreamServer
+from .streamserver import NOSIGNAL, OUTPUT_HIGH_WATER, RECV_SIZE, Connection, StreamServer
 
 __all__ = ["MAX_CONNECTIONS", "MAX_LINE", "OUTPUT_HIGH_WATER", "RECV_SIZE", "ConsoleServer",
            "Controller", "JobRow", "ProcessRow"]
 
 MAX_LINE = 4096
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 64  # per listener: TCP and the unix socket each have this many
+LINE_TIMEOUT = 5.0  # seconds to finish a line once begun (the first one: once connected)
+SHED_LOG_EVERY = 10.0  # closed-for-slowness connections are summed up in one line this often
 
 _TOO_LONG = Reply((f"ERR line_too_long: max {MAX_LINE} bytes",), close=True)
 
@@ -45,6 +54,17 @@ class _Conn(Connection):
 
     server: ConsoleServer
     _uid: int | None = None  # the peer's, once learned
+
+    def __init__(self, server: ConsoleServer, sock: socket.socket, peer: str, now: float):
+        super().__init__(server, sock, peer, now)
+        # since when a line is owed: the first one from the start, later from its first byte
+        self.owing_since: float | None = now
+
+    def overdue(self, now: float) -> bool:
+        """Owing a line for LINE_TIMEOUT, and not because we stopped reading (a pending
+        reload, a reply the client has not read)."""
+        return (self.owing_since is not None and now - self.owing_since >= LINE_TIMEOUT
+                and not self.waiting and not self.closing and self.linger_until is None)
 
     def authorize(self) -> str | None:
         """None when this peer may change things; otherwise why not (for the ERR line)."""
@@ -91,6 +111,10 @@ class _Conn(Connection):
                                 self.authorize)
             if reply is not None:
                 self.respond(reply)
+        if not self.inbuf or b"\n" in self.inbuf:  # nothing owed, or lines wait on us
+            self.owing_since = None
+        elif self.owing_since is None:
+            self.owing_since = time.monotonic()
         self.flush()
 
     def respond(self, reply: Reply) -> None:
@@ -148,6 +172,8 @@ class ConsoleServer(StreamServer):
                          log=log or logging.getLogger("gearman_driver.console"))
         self.controller = controller
         self.allowed_uids = allowed_uids
+        self.shed = {"slow": 0, "evicted": 0}  # since the last summary line
+        self._shed_logged = 0.0
         self.host = host
         self.port = port
         self.socket_path = socket_path
@@ -155,6 +181,44 @@ class ConsoleServer(StreamServer):
 
     def connection(self, sock: socket.socket, peer: str, now: float) -> Connection:
         return _Conn(self, sock, peer, now)
+
+    def make_room(self, full: list[Connection]) -> bool:
+        """A listener is full: close the connection owing a line longest, else the one idle
+        longest; never one with a reply in flight or a pending reload."""
+        free = [c for c in full if isinstance(c, _Conn) and not c.outbuf and not c.waiting
+                and c.linger_until is None]
+        if not free:
+            return False
+        owing = [c for c in free if c.owing_since is not None]
+        victim = min(owing, key=lambda c: c.owing_since or 0.0) if owing else \
+            min(free, key=lambda c: c.last_active)
+        self.log.debug("console: %d connections on %s, closing %s", len(full),
+                       victim.listener.label if victim.listener else "?", victim.peer)
+        self._hang_up(victim, "evicted", f"ERR too_many_connections: max {MAX_CONNECTIONS}")
+        return True
+
+    def _hang_up(self, conn: _Conn, why: str, line: str) -> None:
+        """Best-effort last word, then close at once (no linger: the slot is wanted now)."""
+        try:
+            conn.sock.send(f"{line}\n.\n".encode(), NOSIGNAL)
+        except OSError:
+            pass
+        conn.drop()
+        self.shed[why] += 1
+
+    def tick(self, now: float) -> None:
+        """Close connections owing a line too long, sum them up now and then, then idle ones."""
+        for conn in list(self.conns):
+            if isinstance(conn, _Conn) and conn.overdue(now):
+                self._hang_up(conn, "slow", f"ERR line_timeout: no complete line within "
+                                            f"{LINE_TIMEOUT:g} s")
+        if any(self.shed.values()) and now - self._shed_logged >= SHED_LOG_EVERY:
+            self.log.warning("console: closed %d connections that sent no complete line within "
+                             "%g s and %d to make room, since the last such line",
+                             self.shed["slow"], LINE_TIMEOUT, self.shed["evicted"])
+            self.shed = {"slow": 0, "evicted": 0}
+            self._shed_logged = now
+        super().tick(now)
 
     def open(self) -> None:
         """Bind and listen; on CannotCreate (port in use, live socket file, a path that is not

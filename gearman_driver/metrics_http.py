@@ -132,9 +132,9 @@ class MetricsServer(StreamServer):
     def connection(self, sock: socket.socket, peer: str, now: float) -> Connection:
         return _HttpConn(self, sock, peer, now)
 
-    def make_room(self) -> bool:
+    def make_room(self, full: list[Connection]) -> bool:
         """Full: close the connection idle longest (a scraper between scrapes reconnects)."""
-        idle = [conn for conn in self.conns if not conn.outbuf]
+        idle = [conn for conn in full if not conn.outbuf]
         if not idle:
             return False
         oldest = min(idle, key=lambda conn: conn.last_active)

@@ -78,14 +78,14 @@ def peer_uid(sock: socket.socket) -> int | None:
         return None
 
 
-def resolve_users(entries: Iterable[str | int]) -> frozenset[int] | None:
+def resolve_users(entries: Iterable[str | float]) -> frozenset[int] | None:
     """console_allow_users to uids; None means anyone. KeyError names an unknown user."""
     uids = set()
     for entry in entries:
         if entry == ANYONE:
             return None
-        if isinstance(entry, int) or entry.isdigit():
-            uids.add(int(entry))
-        else:
+        if isinstance(entry, str) and not entry.isdigit():
             uids.add(pwd.getpwnam(entry).pw_uid)
+        else:  # a uid: an integer, 7.0 as YAML may give it, or digits from the command line
+            uids.add(int(entry))
     return frozenset(uids)

@@ -1,12 +1,14 @@
 """Bounded, non-blocking stream servers inside the master's selector loop.
 
 The console and the metrics endpoint share this: nothing here may block or grow without
-bound. Sockets are non-blocking; connections are counted (one over the limit gets a short
-refusal and is closed); input and output buffers are bounded (a client that does not read
-is throttled, then dropped); idle connections are closed from ``tick``; out of file
-descriptors, accepting pauses instead of spinning; and a bug in one connection's handler
-costs that connection, never the loop. A subclass of :class:`Connection` says what a request
-is (``process``); a subclass of :class:`StreamServer` how to make one.
+bound. Sockets are non-blocking; connections are counted per listener, so a flood on one
+(TCP) does not lock out another (the unix socket); one over the limit makes room (the
+subclass says whom to close) or gets a short refusal and is closed; input and output
+buffers are bounded (a client that does not read is throttled, then dropped); idle
+connections are closed from ``tick``; out of file descriptors, accepting pauses instead of
+spinning; and a bug in one connection's handler costs that connection, never the loop. A
+subclass of :class:`Connection` says what a request is (``process``); a subclass of
+:class:`StreamServer` how to make one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Connection:
         self.closing = False  # no more requests; hang up once the output is flushed
         self.linger_until: float | None = None
         self.events = 0
+        self.listener: Listener | None = None  # the one that accepted it (its budget)
         # a reply is being prepared elsewhere (console `reload`): read nothing more, never
         # hang up or time out before it is sent
         self.waiting = False
@@ -207,7 +210,8 @@ class Listener:
                     return
                 continue  # ECONNABORTED and friends: that client is gone already
             sock.setblocking(False)
-            if len(server.conns) >= server.max_connections and not server.make_room():
+            mine = [conn for conn in server.conns if conn.listener is self]
+            if len(mine) >= server.max_connections and not server.make_room(mine):
                 try:
                     sock.send(server.refusal, NOSIGNAL)
                 except OSError:
@@ -218,6 +222,7 @@ class Listener:
                 continue
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else self.label
             conn = server.connection(sock, peer, time.monotonic())
+            conn.listener = self
             server.conns.add(conn)
             conn.update_interest()
             server.log.debug("%s: connection from %s", server.name, peer)
@@ -255,8 +260,9 @@ class StreamServer:
     def connection(self, sock: socket.socket, peer: str, now: float) -> Connection:
         raise NotImplementedError
 
-    def make_room(self) -> bool:
-        """Every connection slot is taken: free one for a newcomer (True), or refuse it."""
+    def make_room(self, full: list[Connection]) -> bool:
+        """Every connection slot of a listener (`full`: its connections) is taken: free one
+        for a newcomer (True), or refuse it."""
         return False
 
     @property

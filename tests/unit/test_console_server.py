@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gearman_driver import console as console_module
 from gearman_driver.console import (
     MAX_CONNECTIONS,
     MAX_LINE,
@@ -167,19 +168,60 @@ def test_fifty_concurrent_clients(console: ConsoleServer) -> None:
     assert not failures
 
 
-def test_connection_limit(console: ConsoleServer) -> None:
+def test_a_full_listener_makes_room_for_a_newcomer(console: ConsoleServer) -> None:
+    """Each newcomer to a full console closes the connection idle longest, with a last ERR."""
     clients = [Client(console.address) for _ in range(MAX_CONNECTIONS)]
     for c in clients:
         assert c.ask("show a") == [SHOW_A]
-    extra = [Client(console.address) for _ in range(3)]
-    for c in extra:
-        assert c.reply() == [f"ERR too_many_connections: max {MAX_CONNECTIONS}"]
-        assert c.closed()
+    for i in range(3):
+        newcomer = Client(console.address)
+        assert newcomer.ask("show a") == [SHOW_A]
+        assert clients[i].reply() == [f"ERR too_many_connections: max {MAX_CONNECTIONS}"]
+        assert clients[i].closed()
+        clients.append(newcomer)
+    assert console.connection_count == MAX_CONNECTIONS
     clients.pop().send("quit\n")
     assert wait_for(lambda: console.connection_count == MAX_CONNECTIONS - 1)
     healthy(console)
     for c in clients:
         c.close()
+
+
+def test_a_connection_owing_a_line_goes_first(console: ConsoleServer) -> None:
+    owing = Client(console.address)
+    owing.send("sta")  # half a line, then nothing
+    clients = [Client(console.address) for _ in range(MAX_CONNECTIONS - 1)]
+    for c in clients:
+        assert c.ask("show a") == [SHOW_A]
+    newcomer = Client(console.address)
+    assert newcomer.ask("show a") == [SHOW_A]
+    assert owing.reply() == [f"ERR too_many_connections: max {MAX_CONNECTIONS}"]
+    assert owing.closed()
+    assert clients[0].ask("show a") == [SHOW_A]  # the one idle longest stayed
+    for c in [*clients, newcomer]:
+        c.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"stat", b"status\nsho"])
+def test_a_line_not_finished_in_time_closes_the_connection(
+        ctl: MemoryController, monkeypatch: pytest.MonkeyPatch, sent: bytes) -> None:
+    monkeypatch.setattr(console_module, "LINE_TIMEOUT", 0.5)
+    server, loop = start_server(ctl)
+    try:
+        c = Client(server.address)
+        c.send(sent)
+        if sent.startswith(b"status"):
+            assert c.reply() == STATUS
+        assert c.reply() == ["ERR line_timeout: no complete line within 0.5 s"]
+        assert c.closed()
+        healthy(server)
+        patient = Client(server.address)  # sends lines, then idles: not owing anything
+        assert patient.ask("show a") == [SHOW_A]
+        time.sleep(1.0)  # twice the line timeout: the idle client must survive it
+        assert patient.ask("show a") == [SHOW_A]
+        patient.close()
+    finally:
+        stop_server(server, loop)
 
 
 @settings(max_examples=40, deadline=None,
