@@ -256,6 +256,17 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'still logged, the next SIGUSR1 reopens the new file; every process kept, every'
         ' job completed, no traceback',
     ),
+    (
+        '`test_console_reload.py`',
+        'the driver listens on TCP and on a unix socket; a reload names a console '
+        'socket in a missing directory, at a path that is a regular file, or in /sys '
+        '(no one may create files there, root included); a console connection is open '
+        'across the reload.',
+        'the reload refused with `file:line:col: console_socket <path>: <reason>`, no '
+        '`configuration reloaded`; the open connection, a new TCP connection and the '
+        'old unix socket all answer `status`; the regular file untouched, nothing '
+        'created; every process kept',
+    ),
 ]
 
 SCENARIOS = """\
@@ -341,7 +352,7 @@ ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "proce
          "max_rss_mb", "workload over",
          "bad config", "config read bounds", "console abuse", "SIGTERM", "process ceiling",
          "fork fails", "console control", "console flood", "start-up error", "reload refused",
-         "SIGHUP storm", "log faults"]
+         "SIGHUP storm", "log faults", "console reload refused"]
 
 
 def run_suite(figures: Path, extra: list[str]) -> tuple[float, str]:

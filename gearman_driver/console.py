@@ -297,3 +297,26 @@ class ConsoleServer(StreamServer):
         """As StreamServer's; no unlink of the socket file either (it is the parent's)."""
         super().close_in_child()
         self._unix_ino = None
+
+
+def probe(current: ConsoleServer | None, controller: Controller,
+          selector: selectors.BaseSelector, host: str, port: int | None,
+          socket_path: str | None) -> None:
+    """Bind, then let go of, what a console on these addresses needs beyond what `current`
+    holds: CannotCreate says why it could not be opened, so that a reload is refused before it
+    closes a working console (the unchanged listener is not bound twice)."""
+    if current is not None and (current.host, current.port) == (host, port):
+        port = None
+    if current is not None and current.socket_path == socket_path:
+        socket_path = None
+    if port is None and socket_path is None:
+        return
+    trial = ConsoleServer(controller, selector, host=host, port=port, socket_path=socket_path,
+                          log=logging.getLogger("gearman_driver.console.probe"))
+    try:
+        if port is not None:
+            trial.bind_tcp(host, port, "console_port")
+        if socket_path is not None:
+            trial.add_listener(trial._bind_unix(socket_path), f"unix:{socket_path}")
+    finally:
+        trial.close()

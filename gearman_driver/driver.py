@@ -270,6 +270,18 @@ class Driver:
         )
         self.console.open()
 
+    def probe_console(self, new: Settings) -> None:
+        """Before a reload changes the console's addresses: can they be opened? CannotCreate
+        if not, while the console in use stays as it is."""
+        if not new.console_port and not new.console_socket:
+            return
+        from gearman_driver.console import probe
+        from gearman_driver.control import DriverControl
+
+        assert self.selector is not None
+        probe(self.console, DriverControl(self), self.selector, new.console_host,
+              new.console_port or None, new.console_socket)
+
     def _servers(self) -> list[Any]:
         """The console and the metrics endpoint, those that are open."""
         return [server for server in (self.console, self.metrics) if server is not None]

@@ -28,6 +28,7 @@ from gearman_driver.config import ConfigError, Settings, load_settings, options_
 from gearman_driver.jobs import JobSpec, LoadError
 from gearman_driver.loader import apply_runtime_attributes, build_worker, job_specs
 from gearman_driver.logs import install, open_configured
+from gearman_driver.paths import CannotCreate
 from gearman_driver.trial import start_trial
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gearman_driver.reload")
 
+CONSOLE_KEYS = ("console_socket", "console_port", "console_host")
 CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend", "max_rss_mb")
 CHILD_SIDE_SETTINGS = ("worker_backend", "max_jobs_per_process", "max_jobs_jitter",
                        "max_rss_mb", "max_workload_mb")
@@ -83,6 +85,7 @@ def apply_reload(driver: Driver) -> None:
         if (new.loglevel, new.logfile, new.loglayout) != (old.loglevel, old.logfile,
                                                          old.loglayout):
             prepared.log_handler = open_configured(new)
+        _probe_console(driver, old, new)
         prepared.reexec = _needs_reexec(driver, old, new)
         if prepared.reexec and not driver.reexec_allowed:
             raise ConfigError("the change needs a restart of gearman-driver (namespaces, lib "
@@ -145,6 +148,17 @@ def _apply(driver: Driver, prepared: _Prepared) -> None:
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
              f"; restarting {', '.join(sorted(restart))}" if restart else "")
     driver.notifier.ready()
+
+
+def _probe_console(driver: Driver, old: Settings, new: Settings) -> None:
+    """A console address that cannot be opened refuses the reload, located at its key."""
+    if all(getattr(old, k) == getattr(new, k) for k in CONSOLE_KEYS):
+        return
+    try:
+        driver.probe_console(new)
+    except CannotCreate as exc:
+        key = next((k for k in CONSOLE_KEYS if str(exc).startswith(k)), "console_socket")
+        raise ConfigError(f"{new.locate(key)}: {exc}") from None
 
 
 def _needs_reexec(driver: Driver, old: Settings, new: Settings) -> bool:
