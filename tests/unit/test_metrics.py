@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from types import MappingProxyType
 
 import pytest
@@ -178,17 +179,25 @@ def one_job_manager() -> tuple[Scoreboard, JobTable, ProcessManager]:
     return board, jobs, manager
 
 
+def fork_worker(board: Scoreboard, slot: int, jobs: list[tuple[int, str | None, float]],
+                then: Callable[[], object]) -> int:
+    """A child that runs `jobs` in `slot`, then does `then` (it never returns into pytest)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run_jobs(board, slot, jobs)
+            then()
+        finally:
+            os._exit(1)
+    return pid
+
+
 def test_a_reaped_process_keeps_its_counts_and_its_slot_starts_from_zero() -> None:
     board, jobs, manager = one_job_manager()
     solo = jobs["solo"]
     slot = board.allocate()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            run_jobs(board, slot, [(0, None, 0.2), (0, "boom", 0.2)])
-            os.kill(os.getpid(), signal.SIGKILL)  # killed: its slot is all that is left of it
-        finally:
-            os._exit(1)
+    pid = fork_worker(board, slot, [(0, None, 0.2), (0, "boom", 0.2)],
+                      lambda: os.kill(os.getpid(), signal.SIGKILL))  # its slot is all that is left
     jobs.add_process(solo, Process(pid, slot, "solo", time.monotonic() - 60))
     assert wait_for(lambda: manager.reap(time.monotonic()) > 0)
     assert solo.counters.outcomes[:2] == [1, 1]
@@ -220,14 +229,9 @@ def test_recycled_processes_are_counted_by_reason(how: str, reason: str | None) 
     board, jobs, manager = one_job_manager()
     solo = jobs["solo"]
     slot = board.allocate()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            run_jobs(board, slot, [(0, None, 0.0), (0, None, 0.0)])
-            if how != "max_jobs":  # else it exits as a child that ran max_jobs_per_process
-                signal.pause()
-        finally:
-            os._exit(0)
+    # exits 0 as a child that ran max_jobs_per_process jobs, or waits to be stopped
+    pid = fork_worker(board, slot, [(0, None, 0.0), (0, None, 0.0)],
+                      (lambda: os._exit(0)) if how == "max_jobs" else signal.pause)
     process = Process(pid, slot, "solo", time.monotonic() - 60, max_jobs=2)
     jobs.add_process(solo, process)
     if how == "job timeout":
