@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,3 +25,15 @@ def driver_factory(driver_factory: Callable[..., DriverProcess]) -> Callable[...
         return driver_factory(port, {"worker_backend": backend, **config}, *args, name=name)
 
     return make
+
+
+@pytest.fixture
+def open_home() -> Iterator[Path]:
+    """A temporary directory other users can read (tmp_path is root's, mode 0700), for a
+    daemon or a client that runs as nobody; removed afterwards."""
+    home = Path(tempfile.mkdtemp(prefix="gd-faults-nobody-", dir="/tmp"))
+    home.chmod(0o755)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

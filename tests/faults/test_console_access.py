@@ -5,10 +5,8 @@ are real: clients run as `nobody` through setpriv, and the daemon as root or as 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,10 +35,18 @@ def client(target: list[str], command: str, *, user: int | None) -> list[str]:
     return result.stdout.splitlines()
 
 
-def _home() -> Path:
-    home = Path(tempfile.mkdtemp(prefix="gd-access-", dir="/tmp"))
-    home.chmod(0o755)  # a daemon running as nobody must read its config here
-    return home
+def _driver(home: Path, gearmand: int, *wrapper: str) -> tuple[DriverProcess, int, Path]:
+    """A driver with a TCP console and a unix socket in `home`, registered; its console
+    port and socket path."""
+    cport, cfg = console_config()
+    sock = home / "console.sock"
+    driver = DriverProcess(home, gearmand, {"namespaces": ["tw.faults.slow"], **cfg,
+                                            "console_socket": str(sock)})
+    driver.wrapper = list(wrapper)
+    driver.start()
+    assert driver.wait_registered(JOB, 1)
+    assert wait_for(sock.exists, 10)
+    return driver, cport, sock
 
 
 def _targets(cport: int, sock: Path) -> dict[str, list[str]]:
@@ -53,16 +59,9 @@ def _job_row(cport: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_only_root_and_the_daemons_user_change_things(gearmand) -> None:
-    home = _home()
-    cport, cfg = console_config()
-    sock = home / "console.sock"
-    driver = DriverProcess(home, gearmand, {"namespaces": ["tw.faults.slow"], **cfg,
-                                            "console_socket": str(sock)})
-    driver.start()
+def test_only_root_and_the_daemons_user_change_things(gearmand, open_home) -> None:
+    driver, cport, sock = _driver(open_home, gearmand)
     try:
-        assert driver.wait_registered(JOB, 1)
-        assert wait_for(sock.exists, 10)
         sock.chmod(0o666)  # an operator opened the socket up: its file mode no longer guards it
         pid = driver.children()[0]
         targets = _targets(cport, sock)
@@ -98,28 +97,18 @@ def test_only_root_and_the_daemons_user_change_things(gearmand) -> None:
                              f"worker pid and limits unchanged by nobody")
     finally:
         driver.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_the_daemons_own_user_and_console_allow_users_may_change_things(gearmand) -> None:
-    home = _home()
-    cport, cfg = console_config()
-    sock = home / "console.sock"
-    driver = DriverProcess(home, gearmand, {"namespaces": ["tw.faults.slow"], **cfg,
-                                            "console_socket": str(sock)})
-    driver.wrapper = as_nobody()  # the daemon runs as nobody: nobody is its own user
-    os.chown(home, NOBODY, NOBODY)  # where it creates its console socket
-    driver.start()
+def test_the_daemons_own_user_may_change_things(gearmand, open_home) -> None:
+    os.chown(open_home, NOBODY, NOBODY)  # where the daemon, as nobody, makes its socket
+    driver, cport, sock = _driver(open_home, gearmand, *as_nobody())
     try:
-        assert driver.wait_registered(JOB, 1)
-        assert wait_for(sock.exists, 10)
         for target in _targets(cport, sock).values():
             assert client(target, f"set_max_processes {JOB} 5", user=NOBODY) == ["OK"]
             assert client(target, f"set_max_processes {JOB} 6", user=None) == ["OK"]
     finally:
         driver.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow

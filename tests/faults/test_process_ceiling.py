@@ -5,11 +5,8 @@ nobody under `prlimit --nproc`, so the kernel refuses its third process with EAG
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -59,11 +56,9 @@ def _failed_fork_lines(log: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_failing_fork_is_logged_once_and_retried_with_backoff(gearmand) -> None:
-    home = Path(tempfile.mkdtemp(prefix="gd-nproc-", dir="/tmp"))
-    home.chmod(0o755)  # nobody reads the config there; the test writes the log
+def test_failing_fork_is_logged_once_and_retried_with_backoff(gearmand, open_home) -> None:
     cport, cfg = console_config()
-    driver = DriverProcess(home, gearmand, {
+    driver = DriverProcess(open_home, gearmand, {
         "namespaces": ["tw.faults.slow"], "loglevel": "DEBUG", **cfg,
         "job_runtime_attributes": {JOB: {"min_processes": 4, "max_processes": 4}}})
     # Two placeholder processes of nobody's, then the master and two children fit: the
@@ -110,7 +105,6 @@ def test_failing_fork_is_logged_once_and_retried_with_backoff(gearmand) -> None:
             placeholder.kill()
             placeholder.wait()
         driver.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 FORK_RETRY_WAIT = 40.0  # the backoff reached at most 8 s in the window; 30 s is its cap
