@@ -137,6 +137,17 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         'backend dropped the connection and took the job again 54 times in 5 s',
     ),
     (
+        '`test_orphans.py`',
+        'on both backends, `graceful_timeout: 3`: (1) a job makes its process ignore SIGTERM, '
+        'or blocks SIGTERM and sleeps for ever (in hand); the master gets SIGKILL; 5 jobs '
+        'for the function are queued once the orphan has noticed. (2) a job forks a process '
+        'that sleeps 120 s; then the driver stops.',
+        '(1) the orphan is gone < graceful_timeout + 3 s after the master\'s SIGKILL and took '
+        'none of the 5 jobs, which stay queued; before, it lived on (and served jobs). '
+        "(2) the worker's connection is gone from gearmand's `workers` once the driver has "
+        'stopped; before, the forked process kept it registered',
+    ),
+    (
         '`test_recycling.py`',
         '`max_jobs_per_process: 100`, min = max = 1, 1,000 foreground jobs that return '
         'their pid.',
@@ -349,7 +360,7 @@ ORDER = ["kill -9", "gearmand (sqlite", "gearmand frozen", "job timeout", "proce
          "poison job, gearmand --job", "poison job, gearmand default",
          "result not delivered",
          "max_jobs_per_process",
-         "max_rss_mb", "workload over",
+         "max_rss_mb", "workload over", "master kill -9, a job", "job forks a process",
          "bad config", "config read bounds", "console abuse", "SIGTERM", "process ceiling",
          "fork fails", "console control", "console flood", "start-up error", "reload refused",
          "SIGHUP storm", "log faults", "console reload refused"]

@@ -10,9 +10,12 @@ import ctypes
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -109,6 +112,28 @@ def set_parent_death_signal(master_pid: int, signum: int = signal.SIGTERM) -> No
         os._exit(0)
 
 
+def watch_master(master_pid: int, alive_fd: int | None, graceful_timeout: float,
+                 orphaned: Callable[[], None]) -> None:
+    """Outlive the master by at most `graceful_timeout`, whatever the job does with signals.
+
+    PR_SET_PDEATHSIG's SIGTERM asks for a graceful stop, but a job may ignore or block it.
+    This thread notices the master's death itself (EOF on a pipe only the master holds open
+    for writing, or a new parent: checked every second), calls `orphaned` (take no new job),
+    and SIGKILLs the process `graceful_timeout` later, which no Python code can ignore. (A C
+    extension that holds the GIL that long delays it.)"""
+    def watch() -> None:
+        poller = select.poll()
+        if alive_fd is not None:
+            poller.register(alive_fd, select.POLLIN)
+        while os.getppid() == master_pid and not poller.poll(1000):
+            pass  # nothing is ever written: poll returns only at EOF
+        orphaned()
+        time.sleep(graceful_timeout)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="master-watch", daemon=True).start()
+
+
 def run_child(
     spec: JobSpec,
     *,
@@ -121,6 +146,7 @@ def run_child(
     close_inherited: Callable[[], None],
     max_rss_mb: float = 0.0,
     max_workload: int = DEFAULT_MAX_PACKET,
+    alive_fd: int | None = None,
 ) -> NoReturn:
     """Become a worker process for `spec`; never returns."""
     code = 0
@@ -130,9 +156,6 @@ def run_child(
 
         def request_stop(signum: int, frame: object) -> None:
             stop[0] = True
-            if os.getppid() != master_pid:  # orphaned: do not outlive the master for long
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                signal.alarm(max(1, int(graceful_timeout)))
 
         wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
@@ -180,6 +203,19 @@ def run_child(
                          on_result_sent=writer.result_sent),
             max_workload=max_workload,
         )
+        # a process a job forks must not keep our gearmand connections open after we exit
+        os.register_at_fork(after_in_child=backend.forget_connections)
+
+        def orphaned() -> None:
+            stop[0] = True
+            log.warning("the master (pid %d) is gone: taking no new job, exiting within %gs",
+                        master_pid, graceful_timeout)
+            try:
+                os.write(wakeup_write, b"\0")  # wake the backend's loop to see the stop
+            except OSError:
+                pass  # pipe full or closed by a job: the loop polls should_stop anyway
+
+        watch_master(master_pid, alive_fd, graceful_timeout, orphaned)
         backend.run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

@@ -121,6 +121,12 @@ class WorkerBackend(abc.ABC):
                   size, self.max_workload)
 
     @abc.abstractmethod
+    def forget_connections(self) -> None:
+        """In a process forked from the worker (by a job): close this process's copies of
+        the gearmand sockets (close, never shutdown), so that the connections end, and
+        gearmand stops counting the worker, when the worker itself exits."""
+
+    @abc.abstractmethod
     def run(self) -> None:
         """Work until hooks.should_stop() is true; never returns while a job is in hand.
 

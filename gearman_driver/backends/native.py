@@ -104,6 +104,11 @@ class NativeBackend(WorkerBackend):
         self._grabbing: ServerConnection | None = None
         self._stopping = False
 
+    def forget_connections(self) -> None:
+        for conn in self._conns:
+            if conn.sock is not None:
+                conn.sock.close()
+
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:

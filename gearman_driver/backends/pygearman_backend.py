@@ -139,6 +139,14 @@ class PygearmanBackend(WorkerBackend):
         name, runner = self.runners[raw.task]
         return runner(_Job(worker, raw, name))
 
+    _worker: _Worker | None = None
+
+    def forget_connections(self) -> None:
+        if self._worker is not None:
+            for connection in self._worker.connection_list:
+                if connection.gearman_socket is not None:
+                    connection.gearman_socket.close()
+
     def _make_worker(self) -> _Worker:
         worker = _Worker(self, [f"{host}:{port}" for host, port in self.servers])
         worker.set_client_id(self.client_id.encode())
@@ -147,7 +155,7 @@ class PygearmanBackend(WorkerBackend):
         return worker
 
     def run(self) -> None:
-        worker = self._make_worker()
+        worker = self._worker = self._make_worker()
         backoff = 0.1
         # pygearman's loop cannot wait on the signal pipe: poll often enough that a stop
         # request is seen within 0.1 s (an idle wake-up costs microseconds)
