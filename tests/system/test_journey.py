@@ -152,7 +152,7 @@ def test_1_install_pulls_its_dependencies_and_starts_only_once_registered(
     assert systemctl(box, "is-enabled", UNIT).stdout.strip() == "enabled"
 
     assert systemctl(box, "stop", UNIT).returncode == 0
-    assert registered(box) == {}
+    assert wait_for(lambda: registered(box) == {}, 10)
     assert systemctl(box, "start", UNIT).returncode == 0
     at_start = registered(box)  # the moment systemd reports the service started
     assert at_start == {function: 1 for function in SHIPPED_FUNCTIONS}, at_start
@@ -181,25 +181,31 @@ def test_2_jobs_from_a_client_complete(container: Container) -> None:
 def test_3_reload_applies_a_new_limit_and_loses_no_job(container: Container) -> None:
     box = container
     assert max_processes(box, f"{TEXT}.word_count") == 8
-    count = 300
-    loop = (f'i=0; while [ $i -lt {count} ]; do i=$((i+1)); '
+    # one job after the other, from before the reload until well after it
+    loop = ('i=0; while [ ! -e /root/step3.stop ]; do i=$((i+1)); '
             f'r=$(gearman -f {TEXT}.upper "job$i" 2>&1); '
             f'if [ "$r" = "JOB$i" ]; then echo "ok $i"; else echo "lost $i: $r"; fi; '
             'done > /root/step3.out')
     client = box.start(["sh", "-c", loop])
     out = box.path("/root/step3.out")
+
+    def done() -> int:
+        return out.read_text().count("\n") if out.exists() else 0
+
     try:
-        assert wait_for(lambda: out.exists() and out.read_text().count("\n") >= 30, 60)
+        assert wait_for(lambda: done() >= 30, 60)
         edit_config(box, lambda text: text + (
             f"\njob_runtime_attributes:\n  {TEXT}.word_count:\n    max_processes: 3\n"))
         reload = systemctl(box, "reload", UNIT)
         assert reload.returncode == 0, reload.stderr
         assert max_processes(box, f"{TEXT}.word_count") == 3
-        assert out.read_text().count("\n") < count, "the reload came after the last job"
+        after = done()
+        assert wait_for(lambda: done() >= after + 30, 60)
     finally:
+        box.path("/root/step3.stop").touch()
         client.wait(120)
     results = out.read_text().splitlines()
-    assert results == [f"ok {i}" for i in range(1, count + 1)], [
+    assert results == [f"ok {i}" for i in range(1, len(results) + 1)], [
         line for line in results if not line.startswith("ok")][:5]
 
 
@@ -281,6 +287,8 @@ def test_5b_journal_fields_name_the_job_and_keep_a_traceback_whole(
 
     stuck = f"{STEPS}.stuck"
     assert submit(box, stuck, "s1").stdout == "unstuck"  # killed once for its timeout
+    assert wait_for(lambda: sum("stuck on s1" in e["MESSAGE"]
+                                for e in journal(box, f"JOB={stuck}")) == 2, 10)
     lines = journal(box, f"JOB={stuck}")
     timeout = next(e for e in lines if "over its timeout" in e["MESSAGE"])
     assert timeout["_PID"] == str(master) and timeout["PRIORITY"] == "3"
@@ -383,4 +391,4 @@ def test_10_purge_removes_service_user_config_and_logs(container: Container) -> 
         assert not box.path(path).exists(), path
     left = box.run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"], check=False).stdout
     assert "gearman-driver" not in left
-    assert registered(box) == {}
+    assert wait_for(lambda: registered(box) == {}, 10)
