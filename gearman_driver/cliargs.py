@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         usage="%(prog)s [--configfile FILE]... [--check-config] [options]",
         description="Runs and scales Gearman worker processes from one YAML config.",
-        epilog="Exit status: 0 ok, 64 bad command line, 78 configuration mistake.",
+        epilog="Exit status: 0 ok, 64 bad command line, 73 pid file or console cannot be "
+               "created, 75 pid file held by another instance, 78 configuration mistake.",
     )
     parser.add_argument(
         "--configfile",
