@@ -353,6 +353,15 @@ check.
    first job. A slot now stays BUSY until the backend has written the result to the socket
    (LOST when the write failed); any death BUSY or LOST is a failed start whose wait doubles
    with every death of the same job handle: 5–6 forks in 5 s, then at most one a minute.
+6. **A job that ignored or blocked SIGTERM left an orphan serving jobs after kill -9 of the
+   master**, and **a process forked by a job kept the worker registered at gearmand after the
+   worker exited** — `tests/faults/test_orphans.py`. A thread in each child now watches the
+   master and SIGKILLs the child `graceful_timeout` after its death; `os.register_at_fork`
+   closes the worker's sockets in processes its jobs fork.
+7. **A workload over the native backend's 256 MiB packet limit was a connection-drop loop**
+   (gearmand handed it out again ~11 times a second, for ever under `--job-retries=0`) —
+   `tests/faults/test_memory_limits.py`. It is now read past and failed (WORK_FAIL), the limit
+   is `max_workload_mb`; and `max_rss_mb` recycles a process a leaking job has grown.
 """
 
 
