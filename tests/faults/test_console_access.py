@@ -5,6 +5,7 @@ are real: clients run as `nobody` through setpriv, and the daemon as root or as 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -117,9 +118,13 @@ def test_console_allow_users_opens_control_on_reload(gearmand, driver_factory) -
     driver = driver_factory(gearmand, {"namespaces": ["tw.faults.slow"], **cfg})
     assert driver.wait_registered(JOB, 1)
     target = ["--server", f"127.0.0.1:{cport}"]
-    assert client(target, f"set_max_processes {JOB} 5", user=NOBODY) == [DENIED.format(me=0)]
-    driver.rewrite_config({"console_allow_users": ["nobody"]})
-    driver.signal(1)  # SIGHUP
-    assert wait_for(lambda: client(target, f"set_max_processes {JOB} 5", user=NOBODY)
-                    == ["OK"], 15), driver.log()[-2000:]
+    denied = [DENIED.format(me=0)]
+    assert client(target, f"set_max_processes {JOB} 5", user=NOBODY) == denied
+    # "*": anyone (Gearman::Driver's way); another user: nobody is refused again; nobody
+    for allow, expected in ((["*"], ["OK"]), (["root", 4242], denied), (["nobody"], ["OK"])):
+        driver.rewrite_config({"console_allow_users": allow})
+        driver.signal(signal.SIGHUP)
+        assert wait_for(lambda want=expected: client(
+            target, f"set_max_processes {JOB} 5", user=NOBODY) == want, 15), \
+            (allow, driver.log()[-2000:])
     assert _job_row(cport)[2] == "5"

@@ -86,6 +86,7 @@ def test_idle_and_slow_connections_do_not_lock_out_the_console(gearmand, driver_
                                        "console_socket": sock_path, "loglevel": "INFO"})
     assert driver.wait_registered(JOB, 1)
     flood = Flood(cport)
+    began = time.monotonic()
     flood.thread.start()
     latencies: dict[str, list[float]] = {"tcp": [], "unix": []}
     try:
@@ -105,9 +106,11 @@ def test_idle_and_slow_connections_do_not_lock_out_the_console(gearmand, driver_
     finally:
         flood.stop.set()
         flood.thread.join(10)
+    flooded = time.monotonic() - began
     log = driver.log()
     assert "Traceback" not in log
-    assert "sent no complete line within 5 s" in log
+    summaries = log.count("sent no complete line within 5 s")
+    assert 1 <= summaries <= flooded / 10 + 1, (summaries, flooded)  # one per 10 s at most
     everything = latencies["tcp"] + latencies["unix"]
     record_figures(
         "console flood (64 idle + 64 slow TCP connections)", sent=CALLS, completed=len(everything),
