@@ -66,6 +66,7 @@ class Process:
     kill_at: float | None = None  # monotonic deadline for SIGKILL after a graceful stop
     cause: str = ""  # why the master first asked it to go (stop_reason may change on a kill)
     max_jobs: int = 0  # it exits by itself after this many jobs (0: never)
+    max_rss_mb: float = 0.0  # ... or after a job that left it larger than this (0: never)
 
 
 @dataclass

@@ -36,11 +36,11 @@ BACKOFF_CAP = 60.0
 FORK_RETRY_BASE = 0.5
 FORK_RETRY_CAP = 30.0
 #: Why a replaced process went (gearman_driver_recycled_total's reason), by the cause the
-#: master gave; a process that exits by itself is "max_jobs" or "died".
+#: master gave; a process that exits by itself is "max_jobs", "max_rss" or "died".
 RECYCLE_REASONS = {"reload": "reload", "re-exec": "reload", "job timeout": "job_timeout",
                    "console kill": "console", "console killall": "console"}
 #: Every reason a process is counted as recycled for, in the metrics' order.
-RECYCLED_FOR = ("max_jobs", "job_timeout", "reload", "console", "died")
+RECYCLED_FOR = ("max_jobs", "max_rss", "job_timeout", "reload", "console", "died")
 FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
                 signal.SIGUSR1, signal.SIGUSR2}
 
@@ -145,7 +145,7 @@ class ProcessManager:
             log.warning("started a process again after %d failed start(s)", self.start_failures)
             self.start_failures = 0
         self.jobs.add_process(job, Process(pid, slot, job.name, time.monotonic(),
-                                           max_jobs=max_jobs))
+                                           max_jobs=max_jobs, max_rss_mb=max_rss_mb))
         job.starts_total += 1
         log.info("started process %d for %s (%s)", pid, job.name, reason,
                  extra=about_job(job.name))
@@ -275,9 +275,13 @@ class ProcessManager:
                 else logging.WARNING
             log.log(level, "process %d of %s exited after %d jobs (%s); replacing it",
                     process.pid, job.name, view.jobs_done, how, extra=about_job(job.name))
-            recycled = level == logging.INFO and process.max_jobs and \
-                view.jobs_done >= process.max_jobs
-            _count_recycled(job, "max_jobs" if recycled else "died")
+            reason = "died"
+            if level == logging.INFO:  # exit status 0 unasked: it recycled itself
+                if process.max_jobs and view.jobs_done >= process.max_jobs:
+                    reason = "max_jobs"
+                elif process.max_rss_mb:
+                    reason = "max_rss"
+            _count_recycled(job, reason)
 
 
 def _count_recycled(job: Job, reason: str | None) -> None:

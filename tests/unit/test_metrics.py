@@ -208,6 +208,23 @@ def test_a_reaped_process_keeps_its_counts_and_its_slot_starts_from_zero() -> No
     assert samples[("gearman_driver_job_duration_seconds_count", (("job_name", "solo"),))] == 2
 
 
+def test_a_process_that_recycled_itself_over_max_rss_mb_is_counted_so() -> None:
+    board = Scoreboard(2)
+    jobs = job_table(spec("solo", ["s.one"]))
+    solo = jobs["solo"]
+    manager = ProcessManager(jobs, board, servers=lambda: [], backend=lambda job: "native",
+                             graceful_timeout=lambda: 1.0, max_jobs=lambda job: (0, 0),
+                             close_inherited=lambda: None)
+    slot = board.allocate()
+    pid = os.fork()
+    if pid == 0:
+        run_jobs(board, slot, [(0, None, 0.01)])
+        os._exit(0)  # as a child over its max_rss_mb exits
+    jobs.add_process(solo, Process(pid, slot, "solo", time.monotonic() - 60, max_rss_mb=100))
+    assert wait_for(lambda: manager.reap(time.monotonic()) > 0)
+    assert solo.recycled_total == {"max_rss": 1}
+
+
 def test_loop_lag_keeps_the_worst_turn_of_the_last_window() -> None:
     lag = LoopLag(period=0.2, window=10.0)
     lag.turn(100.0)
