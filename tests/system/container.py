@@ -76,11 +76,11 @@ class Container:
         if self.nspawn is None:
             return None
         if self.nspawn.poll() is None:
-            subprocess.run(self._nsenter(["systemctl", "poweroff"]), env=HOST_ENV,
-                           capture_output=True, timeout=30)
             try:
+                subprocess.run(self._nsenter(["systemctl", "poweroff"]), env=HOST_ENV,
+                               capture_output=True, timeout=30)
                 self.nspawn.wait(timeout)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, AssertionError):  # hung, or no init found
                 self._kill()
         code = self.nspawn.returncode
         self.nspawn = None
@@ -90,7 +90,15 @@ class Container:
     def _kill(self) -> None:
         """SIGKILL to the container's init ends its whole pid namespace, then nspawn exits."""
         assert self.nspawn is not None
-        for pid in (self.leader, self.nspawn.pid):
+        pid = self.nspawn.pid
+        try:
+            inits = [int(child) for child in
+                     Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:
+            inits = []
+        for pid in [*inits, self.nspawn.pid]:
+            if pid <= 0:  # never 0 or -1: os.kill would signal our own group, or everyone
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
