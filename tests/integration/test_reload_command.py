@@ -77,3 +77,20 @@ def test_reload_without_a_daemon_exits_2(tmp_path: Path) -> None:
     result = reload("--socket", str(tmp_path / "nothing.sock"))
     assert result.returncode == 2 and "cannot reach" in result.stderr
     assert reload("--socket", "a", "--server", "b").returncode == 64
+
+
+def test_a_client_that_half_closes_still_gets_the_outcome(gearmand, driver_factory) -> None:
+    """`printf reload | nc`: the reply comes after the client's EOF, once reloaded (new
+    worker_options: the new worker objects are built in a trial process first, which takes a
+    while)."""
+    port = free_port()
+    driver = driver_factory(gearmand, {**PAIR, "console_port": port})
+    assert driver.wait_registered("alpha.work", 1)
+    driver.rewrite_config({"worker_options": {"GLOBAL": {"v": 2}}})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"reload")  # no newline: the EOF ends the line
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    assert data == b"OK\n.\n"
