@@ -12,7 +12,7 @@ import pytest
 
 from tests.driver_util import alive
 from tests.faults.faultutil import kill_quietly, record_figures
-from tests.gearmand_util import TestClient, running, status_table, wait_for
+from tests.gearmand_util import TestClient, status_table, wait_for
 
 GRACE = 3.0
 PROBES = 5
@@ -46,7 +46,7 @@ def test_children_die_within_graceful_timeout_of_a_killed_master(
         else:  # a job in hand when the master dies, that never ends by itself
             with TestClient(gearmand) as client:
                 client.submit_bg(function, b"first")
-            assert wait_for(lambda: running(gearmand, function) == 1, 10)
+            assert wait_for(lambda: _runs(runs, function), 10)  # its begin hook ran
             pid = int(_runs(runs, function)[0].split()[2])
         driver.signal(signal.SIGKILL)
         killed = time.monotonic()
