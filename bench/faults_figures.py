@@ -237,8 +237,9 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
         '`test_reload_refused.py`',
         'a running driver (min 3 processes, clients submitting 50 ms jobs from 2 '
         'connections) gets a SIGHUP after a `namespaces` typo, after its worker module '
-        'was changed to raise at import, and after its constructor was changed to sleep'
-        ' for an hour (`graceful_timeout: 2`, and a SIGUSR1 during the trial); the '
+        'was changed to raise at import, and after its constructor was made to sleep '
+        'for an hour, by a code change and by a `worker_options` change '
+        '(`graceful_timeout: 2`, and a SIGUSR1 during the trial); the '
         'console is polled throughout; then a good code change.',
         'one `reload failed: …; running on the previous configuration` line (with '
         '`file:line:col` of the typo, `(at file:line)` of the raise, the time limit and'

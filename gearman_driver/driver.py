@@ -13,7 +13,6 @@ import logging
 import os
 import selectors
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -173,9 +172,10 @@ class Driver:
                 if self._stopping and not any(j.processes for j in self.jobs.values()):
                     break
                 if self._reexec and not any(j.processes for j in self.jobs.values()):
-                    self._hold_signals()
+                    from gearman_driver.reload import hold_signals, reexec
+
+                    hold_signals(HANDLED_SIGNALS, self._wakeup[0] if self._wakeup else None)
                     self._close()
-                    from gearman_driver.reload import reexec
 
                     reexec(self.settings.daemonize)
         finally:
@@ -222,7 +222,7 @@ class Driver:
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, _noop_handler)
-        # a re-executed master starts with them blocked (see _hold_signals): now they can come
+        # a re-executed master starts with them blocked (see reload.hold_signals): now they come
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.selector.register(read_fd, selectors.EVENT_READ, self._on_signal_pipe)
         self.scoreboard = Scoreboard(MAX_PROCESSES)
@@ -270,18 +270,6 @@ class Driver:
         )
         self.console.open()
 
-    def probe_console(self, new: Settings) -> None:
-        """Before a reload changes the console's addresses: can they be opened? CannotCreate
-        if not, while the console in use stays as it is."""
-        if not new.console_port and not new.console_socket:
-            return
-        from gearman_driver.console import probe
-        from gearman_driver.control import DriverControl
-
-        assert self.selector is not None
-        probe(self.console, DriverControl(self), self.selector, new.console_host,
-              new.console_port or None, new.console_socket)
-
     def _servers(self) -> list[Any]:
         """The console and the metrics endpoint, those that are open."""
         return [server for server in (self.console, self.metrics) if server is not None]
@@ -327,34 +315,6 @@ class Driver:
         if self.selector is not None:
             self.selector.close()
 
-    def _reopen_log(self) -> None:
-        """SIGUSR1. A log file that cannot be reopened (its directory removed) is no reason to
-        stop: the old one stays in use, and one warning says so, also on stderr (the journal
-        under systemd), since the old file may no longer have a name."""
-        problem = reopen_logfile()
-        if problem is None:
-            log.info("log file reopened")
-            return
-        message = (f"cannot reopen the log file {self.settings.logfile}: {problem}; still "
-                   f"logging to the file opened before")
-        log.warning("%s", message)
-        print(f"gearman-driver: warning: {message}", file=sys.stderr, flush=True)
-
-    def _hold_signals(self) -> None:
-        """Before re-executing: block the handled signals (the mask survives exec) so that one
-        arriving before the new image has its handlers (whose default action would kill the
-        master) waits until the new master is ready; those already in the self-pipe, which
-        exec closes, are raised again to wait with them."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        pending = b""
-        if self._wakeup is not None:
-            try:
-                pending = os.read(self._wakeup[0], 4096)
-            except BlockingIOError:
-                pass
-        for signum in set(pending) & {int(s) for s in HANDLED_SIGNALS} - {signal.SIGCHLD}:
-            os.kill(os.getpid(), signum)
-
     def _on_signal_pipe(self, mask: int) -> None:
         assert self._wakeup is not None
         try:
@@ -369,7 +329,8 @@ class Driver:
             elif signum == signal.SIGHUP:
                 self.request_reload()
             elif signum == signal.SIGUSR1:
-                self._reopen_log()
+                if reopen_logfile():
+                    log.info("log file reopened")
 
     @property
     def reload_in_progress(self) -> bool:

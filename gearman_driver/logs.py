@@ -180,16 +180,24 @@ def setup_logging(level: str = "INFO", logfile: str | None = None,
     return install(open_handler(logfile, layout), level)
 
 
-def reopen_logfile() -> str | None:
-    """SIGUSR1: reopen the log file after logrotate moved it. When it cannot be opened (its
-    directory was removed, ...) the file opened before stays in use; returns why, else None."""
+def reopen_logfile() -> bool:
+    """SIGUSR1: reopen the log file after logrotate moved it; False when it could not be (True
+    also when logging goes to stderr or the journal: nothing to reopen). One that cannot
+    be reopened (its directory removed, ...) is no reason to stop: the file opened before stays
+    in use, and one warning says so, also on stderr (the journal under systemd), since that
+    file may no longer have a name."""
     handler = _handler
     if not isinstance(handler, logging.FileHandler):
-        return None
+        return True
     try:
         stream = handler._open()
     except OSError as exc:
-        return describe_path_error(handler.baseFilename, exc)
+        message = (f"cannot reopen the log file {handler.baseFilename}: "
+                   f"{describe_path_error(handler.baseFilename, exc)}; still logging to the "
+                   f"file opened before")
+        logging.getLogger("gearman_driver").warning("%s", message)
+        print(f"gearman-driver: warning: {message}", file=sys.stderr, flush=True)
+        return False
     handler.acquire()
     try:
         old, handler.stream = handler.stream, stream
@@ -200,4 +208,4 @@ def reopen_logfile() -> str | None:
             old.close()
         except OSError:
             pass  # its last lines could not be flushed (disk full): the new file goes on
-    return None
+    return True

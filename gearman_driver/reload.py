@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -154,8 +156,15 @@ def _probe_console(driver: Driver, old: Settings, new: Settings) -> None:
     """A console address that cannot be opened refuses the reload, located at its key."""
     if all(getattr(old, k) == getattr(new, k) for k in CONSOLE_KEYS):
         return
+    if not new.console_port and not new.console_socket:
+        return
+    from gearman_driver.console import probe
+    from gearman_driver.control import DriverControl
+
+    assert driver.selector is not None
     try:
-        driver.probe_console(new)
+        probe(driver.console, DriverControl(driver), driver.selector, new.console_host,
+              new.console_port or None, new.console_socket)
     except CannotCreate as exc:
         key = next((k for k in CONSOLE_KEYS if str(exc).startswith(k)), "console_socket")
         raise ConfigError(f"{new.locate(key)}: {exc}") from None
@@ -212,6 +221,23 @@ def _restart_needed(current: JobSpec, new: JobSpec, old: Settings, settings: Set
     if any(getattr(current, a) != getattr(new, a) for a in CHILD_SIDE_ATTRIBUTES):
         return True
     return any(getattr(old, key) != getattr(settings, key) for key in CHILD_SIDE_SETTINGS)
+
+
+def hold_signals(signals: Iterable[int], wakeup_fd: int | None) -> None:
+    """Before re-executing: block `signals` (the mask survives exec) so that one arriving
+    before the new image has its handlers (the default action of SIGHUP or SIGTERM would kill
+    the master) waits until the new master is ready and unblocks them; those already in the
+    self-pipe (`wakeup_fd`), which exec closes, are raised again to wait with them."""
+    held = set(signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending = b""
+    if wakeup_fd is not None:
+        try:
+            pending = os.read(wakeup_fd, 4096)
+        except BlockingIOError:
+            pass
+    for signum in set(pending) & {int(s) for s in held} - {signal.SIGCHLD}:
+        os.kill(os.getpid(), signum)
 
 
 def reexec_argv(daemonized: bool) -> list[str]:

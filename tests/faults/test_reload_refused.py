@@ -33,6 +33,11 @@ from gearman_driver import Worker, job
 class Versioned(Worker):
     prefix = "v."
 
+    def __init__(self, *, server, hang=False, **options):
+        super().__init__(server=server, **options)
+        if hang:
+            time.sleep(3600)
+
     @job
     def which(self, job, workload):
         return "v1"
@@ -133,17 +138,19 @@ def test_worker_code_that_raises_at_import_is_refused(
     record("worker code raises at import", driver, load, seconds, len(before), polls, answered)
 
 
+@pytest.mark.parametrize("how", ["code change", "worker_options change"])
 def test_a_hanging_constructor_is_a_failed_reload_after_the_time_limit(
-        gearmand: int, driver_factory: Callable[..., DriverProcess], notify: NotifySocket,
-        tmp_path: Path) -> None:
+        how: str, gearmand: int, driver_factory: Callable[..., DriverProcess],
+        notify: NotifySocket, tmp_path: Path) -> None:
+    """New code re-executes the master, new worker_options replace the class's processes:
+    either way the constructor runs in the trial first, and its hang refuses the reload."""
     driver, port, module = start(gearmand, driver_factory, notify, tmp_path, graceful_timeout=2)
     before = sorted(driver.children())
-    hanging = CODE.replace('    prefix = "v."\n', '    prefix = "v."\n\n'
-                           '    def __init__(self, **options):\n'
-                           '        super().__init__(**options)\n'
-                           '        time.sleep(3600)\n')
     with SteadyLoad(gearmand, "v.work") as load:
-        write_code(module, hanging)
+        if how == "code change":
+            write_code(module, CODE.replace("if hang:", "if True:"))
+        else:
+            driver.rewrite_config({"worker_options": {"vpkg.mod.Versioned": {"hang": True}}})
         started = time.monotonic()
         driver.signal(signal.SIGHUP)
         assert wait_for(lambda: "trying the new worker code in process" in driver.log(), 5)
@@ -156,8 +163,9 @@ def test_a_hanging_constructor_is_a_failed_reload_after_the_time_limit(
     assert "loading the new worker code took longer than 2s (graceful_timeout); trial " \
            f"process {trial} killed" in line, line
     assert wait_for(lambda: not alive(trial), 2)
-    record("worker constructor hangs (graceful_timeout 2)", driver, load, seconds, len(before),
-           polls, answered, "; SIGUSR1 handled during the trial; trial process killed by pid")
+    record(f"worker constructor hangs after a {how} (graceful_timeout 2)", driver, load,
+           seconds, len(before), polls, answered,
+           "; SIGUSR1 handled during the trial; trial process killed by pid")
 
 
 def test_a_good_code_change_still_reexecs_after_the_trial(
