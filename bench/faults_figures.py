@@ -363,6 +363,26 @@ check.
    (gearmand handed it out again ~11 times a second, for ever under `--job-retries=0`) —
    `tests/faults/test_memory_limits.py`. It is now read past and failed (WORK_FAIL), the limit
    is `max_workload_mb`; and `max_rss_mb` recycles a process a leaking job has grown.
+8. **A reload whose new code could not be loaded took the service down** —
+   `tests/faults/test_reload_refused.py`. A `namespaces` typo or worker code raising at import
+   drained every process, re-executed the master, and the new master exited 78 (which systemd
+   does not restart); a constructor that hung froze the master for good. The new code is now
+   loaded first in a throw-away process (pipe in the master's selector, killed by pid after
+   `graceful_timeout`): refused in 0.04–0.06 s, or 2.1 s for a hang with `graceful_timeout: 2`,
+   with every process kept and the console answering.
+9. **A SIGHUP during the master's re-exec killed it** (SIGHUP's default action before the new
+   image had its handler) — `tests/faults/test_reexec_signals.py`. The handled signals are
+   blocked across the exec and unblocked once the new master's handlers are in place.
+10. **A log file that could not be (re)opened killed the master** (exit 1, a traceback, the
+    children SIGKILLed: a job lost) — `tests/faults/test_logging_faults.py`. A reload naming
+    one is refused at its `logfile` key; SIGUSR1 after its directory was removed keeps the old
+    file with one warning.
+11. **A reload with a bad `console_socket` was "configuration reloaded" and closed the working
+    TCP console too** — `tests/faults/test_console_reload.py`. The new addresses are bound
+    (and let go) before anything changes; a failure refuses the reload at the key's file:line.
+12. **Reading a config was unbounded**: an alias bomb took 42 s and 1.2 GB, a 50 MB file 152 s,
+    `/dev/zero` 1.8 GB and a traceback — `tests/faults/test_config_bounds.py`. Now 128 KiB,
+    50,000 values after alias expansion and 32 levels at most, each refused in one located line.
 """
 
 
