@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 from collections.abc import Mapping
 
 SOCKET_PATH = "/run/systemd/journal/socket"
@@ -59,7 +60,7 @@ class JournalHandler(logging.Handler):
             "LOGGER": record.name,
             "CODE_FILE": record.pathname,
             "CODE_LINE": str(record.lineno),
-            "CODE_FUNC": record.funcName,
+            "CODE_FUNC": record.funcName or "",
             **process_fields,
             **job_fields,
         }
@@ -68,9 +69,15 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.send(encode(self.fields(record)))
+            fields = self.fields(record)
         except Exception:
             self.handleError(record)
+            return
+        try:
+            self.send(encode(fields))
+        except OSError:  # journald away (restarting?): the line still reaches the journal's
+            sys.stderr.write(with_priority(fields["MESSAGE"], record.levelno) + "\n")
+            sys.stderr.flush()  # stream on stderr, with its priority
 
     def send(self, data: bytes) -> None:
         try:
@@ -86,13 +93,22 @@ class JournalHandler(logging.Handler):
         try:
             os.write(fd, data)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-            socket.send_fds(self.sock, [b""], [fd], 0, self.path)
+            # sendmsg, not socket.send_fds: Python 3.11's ignores its address argument
+            self.sock.sendmsg([b""], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       struct.pack("i", fd))], 0, self.path)
         finally:
             os.close(fd)
 
     def close(self) -> None:
         self.sock.close()
         super().close()
+
+
+def with_priority(text: str, levelno: int) -> str:
+    """Every line (tracebacks too) prefixed with its priority, as the journal's stream reads
+    it (`<3>` …): for stderr when the native socket cannot be used."""
+    prefix = f"<{syslog_priority(levelno)}>"
+    return "\n".join(prefix + line for line in text.split("\n"))
 
 
 def syslog_priority(levelno: int) -> int:

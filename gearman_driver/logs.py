@@ -100,9 +100,7 @@ class _JournalFormatter(logging.Formatter):
     """Prefix every line (tracebacks too) with its syslog priority, for `journalctl -p`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        prefix = f"<{journal.syslog_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in text.split("\n"))
+        return journal.with_priority(super().format(record), record.levelno)
 
 
 def stderr_is_journal(stream: IO[str] | None = None) -> bool:

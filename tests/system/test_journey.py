@@ -28,8 +28,9 @@ TEXT = "examples.workers.text.Text"
 SHIPPED_FUNCTIONS = {f"{TEXT}.upper", f"{TEXT}.reverse", f"{TEXT}.word_count", "maths.add",
                      "maths.multiply"}
 STEPS = "journeyjobs.workers.Steps"
-# Test workers of the journey's own: a job of a few seconds (step 8), one that logs and fails
-# and one that overruns its timeout once (journal fields). Installed in /opt/journey, named in
+# Test workers of the journey's own: a job of a few seconds (step 8), one that logs and fails,
+# one that overruns its timeout once and one that logs a line too big for a datagram (journal
+# fields). Installed in /opt/journey, named in
 # the config's namespaces/lib.
 JOURNEY_WORKERS = '''\
 import logging
@@ -60,6 +61,11 @@ class Steps(Worker):
             open(marker, "w").close()
             time.sleep(60)
         return b"unstuck"
+
+    @job
+    def shout(self, job, workload):
+        log.warning("shout %s", "x" * int(workload))
+        return b"shouted"
 '''
 
 
@@ -128,7 +134,7 @@ def alive(box: Container, pid: int) -> bool:
 def journal(box: Container, *args: str) -> list[dict[str, str]]:
     """`journalctl -u gearman-driver -o json`; values as text (journalctl gives a field that
     is not printable UTF-8 as a list of bytes)."""
-    out = box.run(["journalctl", "-u", UNIT, "-o", "json", "--no-pager", *args]).stdout
+    out = box.run(["journalctl", "-u", UNIT, "-o", "json", "--all", "--no-pager", *args]).stdout
     entries = [json.loads(line) for line in out.splitlines() if line.strip()]
     return [{key: bytes(value).decode("utf-8", "replace") if isinstance(value, list)
              else str(value) for key, value in entry.items()} for entry in entries]
@@ -297,6 +303,11 @@ def test_5b_journal_fields_name_the_job_and_keep_a_traceback_whole(
     assert len(tries) == 2 and tries[0]["GEARMAN_HANDLE"] == timeout["GEARMAN_HANDLE"]
     assert journal(box, f"GEARMAN_HANDLE={timeout['GEARMAN_HANDLE']}")[0] == tries[0]
 
+    shout = f"{STEPS}.shout"  # 300 kB: more than a datagram takes, sent in a sealed memfd
+    assert submit(box, shout, "300000").stdout == "shouted"
+    assert wait_for(lambda: [e for e in journal(box, f"JOB={shout}")
+                             if e["MESSAGE"].endswith("shout " + "x" * 300000)], 10)
+
 
 def _watchdog_dropin(box: Container, text: str | None) -> None:
     path = box.path("/etc/systemd/system/gearman-driver.service.d/watchdog.conf")
@@ -316,7 +327,7 @@ def test_6_a_frozen_master_is_killed_by_the_watchdog_and_restarted(
     assert systemctl(box, "restart", UNIT).returncode == 0
     master, restarts = main_pid(box), int(prop(box, "NRestarts"))
     children = processes_of_master(box, master)
-    assert len(children) == 9  # 4 shipped jobs, nap's 3, noisy's and stuck's
+    assert len(children) == 10  # 4 shipped jobs, nap's 3, noisy's, stuck's and shout's
     box.run(["sh", "-c", f"kill -STOP {master}"])
 
     def restarted() -> bool:
@@ -344,7 +355,7 @@ def test_7_after_kill_9_the_master_is_restarted_without_duplicate_workers(
     assert wait_for(restarted, 60, interval=0.5)
     assert wait_for(lambda: not [pid for pid in children if alive(box, pid)], 20)
     expected = {function: 1 for function in
-                SHIPPED_FUNCTIONS | {f"{STEPS}.noisy", f"{STEPS}.stuck"}}
+                SHIPPED_FUNCTIONS | {f"{STEPS}.noisy", f"{STEPS}.stuck", f"{STEPS}.shout"}}
     expected[f"{STEPS}.nap"] = 3
     assert wait_for(lambda: registered(box) == expected, 20), registered(box)
     assert masters_at_gearmand(box) == {main_pid(box)}

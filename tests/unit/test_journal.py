@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import struct
 
+import pytest
+
 from gearman_driver import journal, logs
 
 
@@ -29,3 +31,14 @@ def test_a_record_carries_job_and_the_job_in_hand() -> None:
     finally:
         logs.set_process_context("")
         handler.close()
+
+
+def test_without_the_socket_a_record_goes_to_stderr_with_its_priority(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    handler = journal.JournalHandler("/nonexistent/journal.socket")
+    try:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "boom\nline 2", (), None)
+        handler.emit(record)
+    finally:
+        handler.close()
+    assert capsys.readouterr().err == "<3>boom\n<3>line 2\n"
