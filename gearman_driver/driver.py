@@ -84,7 +84,7 @@ class Driver:
         self.loaded_workers: dict[str, Worker] = {}  # class path -> the object its jobs run on
         self.reexec_allowed = False  # only a master started by the CLI can exec itself again
         self._reexec = False
-        self._module_stamps: dict[str, tuple[str, float]] = {}
+        self.module_stamps: dict[str, tuple[str, float]] = {}  # worker files at load time
         self._ready_sent = False
         self._unregistered_since: float | None = None
         self._freeze = os.environ.get("GEARMAN_DRIVER_NO_GC_FREEZE", "") in ("", "0")
@@ -144,7 +144,7 @@ class Driver:
         for spec in specs:
             self.jobs.add(spec)
             self.loaded_workers[spec.class_path] = spec.worker
-        self._module_stamps = module_stamps(settings.namespaces)
+        self.module_stamps = module_stamps(settings.namespaces)
         if self.unknown_job_callback is None:
             self.unknown_job_callback = callback
         self._loaded = True
@@ -242,16 +242,16 @@ class Driver:
                                        self.settings.max_workload_mb * MIB),
         )
         self.autoscaler = Autoscaler(self, self.selector, freeze=self._freeze)
-        self._open_console()
-        self._open_metrics()
+        self.open_console()
+        self.open_metrics()
 
-    def _open_metrics(self) -> None:
+    def open_metrics(self) -> None:
         if self.settings.metrics_port:  # else not even imported: metrics off costs nothing
             from gearman_driver.metrics import open_endpoint
 
             self.metrics = open_endpoint(self, TURN_SECONDS)
 
-    def _open_console(self) -> None:
+    def open_console(self) -> None:
         if not self.settings.console_port and not self.settings.console_socket:
             return
         try:
@@ -402,32 +402,6 @@ class Driver:
         for process in list(self.jobs.processes()):
             self.processes.stop(process, "re-exec")
         return True
-
-    def changed_modules(self) -> list[str]:
-        """Worker modules whose file changed on disk since they were imported."""
-        return [name for name, (path, mtime) in module_stamps(self.settings.namespaces).items()
-                if self._module_stamps.get(name, (path, mtime))[1] != mtime]
-
-    def settings_changed(self, old: Settings) -> None:
-        """After a reload: follow a new server list, console and metrics address."""
-        new = self.settings
-        assert self.selector is not None
-        if (old.server, old.interval) != (new.server, new.interval) and self.autoscaler:
-            self.autoscaler.configure(new)
-        for attr, keys in (("console", ("console_port", "console_host", "console_socket")),
-                           ("metrics", ("metrics_port", "metrics_host"))):
-            if any(getattr(old, k) != getattr(new, k) for k in keys):
-                if getattr(self, attr) is not None:
-                    getattr(self, attr).close()
-                    setattr(self, attr, None)
-                try:
-                    getattr(self, f"_open_{attr}")()
-                except OSError as exc:
-                    log.error("cannot open the %s on its new address: %s", attr, exc)
-        if self.console is not None and old.console_allow_users != new.console_allow_users:
-            from gearman_driver.peercred import resolve_users
-
-            self.console.allowed_uids = resolve_users(new.console_allow_users)
 
     def limits_changed(self, name: str) -> None:
         """Console or reload changed a job's limits; every turn applies limits, so log only."""

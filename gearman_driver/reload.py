@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING
 
 from gearman_driver.config import ConfigError, Settings, load_settings, options_for
 from gearman_driver.jobs import JobSpec, LoadError
-from gearman_driver.loader import apply_runtime_attributes, build_worker, job_specs
+from gearman_driver.loader import (
+    apply_runtime_attributes,
+    build_worker,
+    job_specs,
+    module_stamps,
+)
 from gearman_driver.logs import install, open_configured
 from gearman_driver.paths import CannotCreate
 from gearman_driver.trial import start_trial
@@ -145,11 +150,32 @@ def _apply(driver: Driver, prepared: _Prepared) -> None:
     if prepared.log_handler is not None:
         install(prepared.log_handler, new.loglevel)
         prepared.log_handler = None
-    driver.settings_changed(old)
+    _follow_settings(driver, old)
     driver.finish_reload(None)
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
              f"; restarting {', '.join(sorted(restart))}" if restart else "")
     driver.notifier.ready()
+
+
+def _follow_settings(driver: Driver, old: Settings) -> None:
+    """After a reload: follow a new server list, console and metrics address."""
+    new = driver.settings
+    if (old.server, old.interval) != (new.server, new.interval) and driver.autoscaler:
+        driver.autoscaler.configure(new)
+    for attr, keys in (("console", ("console_port", "console_host", "console_socket")),
+                       ("metrics", ("metrics_port", "metrics_host"))):
+        if any(getattr(old, k) != getattr(new, k) for k in keys):
+            if getattr(driver, attr) is not None:
+                getattr(driver, attr).close()
+                setattr(driver, attr, None)
+            try:
+                getattr(driver, f"open_{attr}")()
+            except OSError as exc:
+                log.error("cannot open the %s on its new address: %s", attr, exc)
+    if driver.console is not None and old.console_allow_users != new.console_allow_users:
+        from gearman_driver.peercred import resolve_users
+
+        driver.console.allowed_uids = resolve_users(new.console_allow_users)
 
 
 def _probe_console(driver: Driver, old: Settings, new: Settings) -> None:
@@ -174,7 +200,8 @@ def _needs_reexec(driver: Driver, old: Settings, new: Settings) -> bool:
     if (old.namespaces, old.lib) != (new.namespaces, new.lib):
         log.info("namespaces or lib changed: the master will re-execute itself")
         return True
-    changed = driver.changed_modules()
+    changed = [name for name, (path, mtime) in module_stamps(new.namespaces).items()
+               if driver.module_stamps.get(name, (path, mtime))[1] != mtime]
     if changed:
         log.info("worker code changed (%s): the master will re-execute itself",
                  ", ".join(changed))
