@@ -289,7 +289,7 @@ def _section(ctx: Context, sizes: tuple[int, ...], backends: tuple[str, ...], re
             f.median / 0.41 if f.ok else None, "≤ 0.25 s", f.median <= 0.25 if f.ok else None))
     section.headline.append(Headline("SIGHUP → READY=1, 50 jobs", reload.cell() + " s", "—",
                                      None, "—", None))
-    section.notes.append("Published peers (DESIGN.md): launch → first job Gearman::Driver 0.41 s, "
+    section.notes.append("Published peers (see Peers): launch → first job Gearman::Driver 0.41 s, "
                          "GearmanManager 0.02 s, supervisord 1.10 s; SIGTERM with 8 idle workers "
                          "0.02 s / 60 s / 0.9 s; during a 3 s job GearmanManager lets it complete, "
                          "the others kill and re-queue it.")

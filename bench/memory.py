@@ -189,7 +189,7 @@ def _section(ctx: Context, sizes: tuple[int, ...], idle: dict[tuple[str, int], F
             "objects (PEP 683) skip refcount writes but CPython does not make user data "
             "immortal; and recycling children (max_jobs_per_process) returns the copies "
             "periodically.")
-    section.notes.append("Published peers (DESIGN.md, measured earlier on this machine): 8 idle "
+    section.notes.append("Published peers (see Peers, measured earlier on this machine): 8 idle "
                          "workers Gearman::Driver 103 MB, GearmanManager 17 MB, supervisord + "
                          "pygearman 80 MB; with 100 MB loaded 203 / 117 / 880 MB.")
     png = ctx.plot_dir / "bench-memory.png"

@@ -132,7 +132,7 @@ def _section(ctx: Context, tops: tuple[int, ...], to_max: dict[int, Figure],
             d.median <= 1.1 if d.ok else None))
     section.headline.append(Headline("master CPU idle, 50 jobs, interval 1", cpu.cell() + " %",
                                      "—", None, "≤ 0.5 %", cpu.median <= 0.5 if cpu.ok else None))
-    section.notes.append("Published peer (DESIGN.md): Gearman::Driver 0.44 s median from burst to "
+    section.notes.append("Published peer (see Peers): Gearman::Driver 0.44 s median from burst to "
                          "8 processes, drain 1.2× ideal; GearmanManager and supervisord run a "
                          "fixed count.")
     png = ctx.plot_dir / "bench-reaction.png"

@@ -70,7 +70,7 @@ def render(sections: list[Section], machine: dict[str, str], *, quick: bool,
         f"{'1 run (quick mode)' if quick else '3 runs'}, min–max in brackets; ratios are "
         "against baselines measured in the same run, because other work shares this machine. "
         "Peer figures (Gearman::Driver, GearmanManager, supervisord) are published references "
-        "from DESIGN.md, measured earlier on this machine, not same-run baselines.",
+        "measured earlier on this machine (see Peers at the end), not same-run baselines.",
         "",
         "## Machine",
         "",
@@ -93,7 +93,7 @@ def render(sections: list[Section], machine: dict[str, str], *, quick: bool,
             parts += [note, ""]
         for png, caption in section.plots:
             parts += [f"![{caption}]({png})", ""]
-    parts += ["## Peers (published, DESIGN.md, 2026-11-29)", "", PEERS, ""]
+    parts += ["## Peers (measured on this machine, 2026-11-29)", "", PEERS, ""]
     return "\n".join(parts)
 
 

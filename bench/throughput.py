@@ -178,7 +178,7 @@ def _section(ctx: Context, n: int, figures: dict[tuple[str, int], Figure],
             figures["driver native", p].cell() + " jobs/s",
             figures[C_WORKER, p].cell() + " jobs/s",
             ours_nat[p], "≥ 1.0", _at_least(ours_nat[p], 1.0)))
-    peers = ("Published peers (DESIGN.md, 20k jobs, 2 processes, measured earlier on this "
+    peers = ("Published peers (see Peers, 20k jobs, 2 processes, measured earlier on this "
              "machine, not in this run): Gearman::Driver 21k jobs/s, GearmanManager 66k jobs/s, "
              f"supervisord + pygearman 19.5k jobs/s. This run, 2 processes: driver native "
              f"{figures['driver native', 2].cell()}, driver pygearman "

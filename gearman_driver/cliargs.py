@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from gearman_driver import __version__
 from gearman_driver.config import coerce_override
-from gearman_driver.config_errors import EX_CONFIG, one_line
+from gearman_driver.config_errors import EX_CONFIG, single_line
 
 __all__ = ["EX_CONFIG", "EX_USAGE", "CommandLine", "build_parser", "parse_args"]
 
@@ -48,7 +48,7 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("loglevel", "LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)"),
     ("loglayout", "LAYOUT", "log layout (default: '[%%d] %%p %%m%%n')"),
     ("pidfile", "PATH", "write the master's process id here"),
-    ("worker_backend", "NAME", "pygearman or native (default: pygearman)"),
+    ("worker_backend", "NAME", "native or pygearman (default: native)"),
 )
 
 # Repeatable: each occurrence adds one item; together they replace the files' list.
@@ -73,7 +73,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake exits 64 with one message line and the usage line."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {one_line(message)}\n")
+        sys.stderr.write(f"{self.prog}: error: {single_line(message)}\n")
         self.print_usage(sys.stderr)
         self.exit(EX_USAGE)
 

@@ -39,6 +39,7 @@ from gearman_driver.config_errors import (
     read_source,
 )
 from gearman_driver.peercred import resolve_users
+from gearman_driver.ports import CONSOLE_PORT, GEARMAND_PORT
 from gearman_driver.scoreboard import MAX_PROCESSES
 
 __all__ = [
@@ -53,14 +54,13 @@ __all__ = [
     "validate_overrides",
 ]
 
-DEFAULT_PORT = 4730
 
 #: Value of every setting no file and no flag sets.
 DEFAULTS: dict[str, Any] = {
     "namespaces": [],
     "lib": [],
     "server": "localhost:4730",
-    "console_port": 47300,
+    "console_port": CONSOLE_PORT,
     "console_host": "127.0.0.1",
     "console_socket": None,
     "console_allow_users": [],
@@ -151,7 +151,7 @@ def _check(doc: Source) -> None:
                                  "(no such user)"))
     if "server" in doc.data:
         try:
-            parse_server(doc.data["server"])
+            parse_gearmand_servers(doc.data["server"])
         except _ServerError as exc:
             found.append(Problem(("server",) + exc.index, exc.text))
     for name, attrs in (doc.data.get("job_runtime_attributes") or {}).items():
@@ -173,7 +173,7 @@ class _ServerError(ValueError):
         self.index, self.text = index, text
 
 
-def parse_server(value: str | Sequence[str]) -> tuple[tuple[str, int], ...]:
+def parse_gearmand_servers(value: str | Sequence[str]) -> tuple[tuple[str, int], ...]:
     """``"a:1,b"`` or ``["a:1", "b"]`` to ``(("a", 1), ("b", 4730))``; IPv6 in brackets."""
     entries = (
         [(None, part) for part in value.split(",")]
@@ -196,7 +196,7 @@ def parse_server(value: str | Sequence[str]) -> tuple[tuple[str, int], ...]:
                 ipaddress.IPv6Address(host)
             except ValueError:
                 raise _ServerError(at, f"expected an IPv6 address in [], got {shown}") from None
-        port = int(match.group("port")) if match.group("port") else DEFAULT_PORT
+        port = int(match.group("port")) if match.group("port") else GEARMAND_PORT
         if not 1 <= port <= 65535:
             raise _ServerError(at, f"expected a port 1..65535, got {shown}")
         servers.append((host, port))
@@ -338,7 +338,7 @@ def _job_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _settings(data: Mapping[str, Any], files: Sequence[str], origins: Any) -> Settings:
-    servers = parse_server(data["server"])
+    servers = parse_gearmand_servers(data["server"])
     level = str(data["loglevel"]).upper()
     return Settings(
         namespaces=_as_tuple(data["namespaces"]),

@@ -29,7 +29,7 @@ COMMAND_LINE = "command line"
 _MAX_SHOWN = 60
 
 
-def one_line(text: str) -> str:
+def single_line(text: str) -> str:
     """Fold any line break away: the message must stay one journal line."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
@@ -40,7 +40,7 @@ class ConfigError(Exception):
     exit_status: int = EX_CONFIG
 
     def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
+        super().__init__(single_line(message))
         self.message: str = self.args[0]
 
     def __str__(self) -> str:
@@ -331,7 +331,7 @@ def read_source(path: str) -> Source:
     except RecursionError:
         raise ConfigError(f"{path}:1:1: invalid YAML: nested too deeply") from None
     except Exception as exc:  # ruamel raises many kinds for odd documents, e.g. !!int 'x'
-        what = one_line(str(exc)) or type(exc).__name__
+        what = single_line(str(exc)) or type(exc).__name__
         raise ConfigError(f"{path}:1:1: invalid YAML: {what}") from None
     return Source(path, {} if data is None else data, tree)
 

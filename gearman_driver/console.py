@@ -36,6 +36,7 @@ from .console_commands import (
 )
 from .paths import CannotCreate, describe_path_error, kind_of
 from .peercred import peer_uid
+from .ports import CONSOLE_PORT
 from .streamserver import NOSIGNAL, OUTPUT_HIGH_WATER, RECV_SIZE, Connection, StreamServer
 
 __all__ = ["MAX_CONNECTIONS", "MAX_LINE", "OUTPUT_HIGH_WATER", "RECV_SIZE", "ConsoleServer",
@@ -158,7 +159,7 @@ class ConsoleServer(StreamServer):
         selector: selectors.BaseSelector,
         *,
         host: str = "127.0.0.1",
-        port: int | None = 47300,
+        port: int | None = CONSOLE_PORT,
         socket_path: str | None = None,
         idle_timeout: float = 300.0,
         allowed_uids: frozenset[int] | None = frozenset(),

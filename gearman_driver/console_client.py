@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from .console_commands import COMMANDS
+from gearman_driver.console_commands import COMMANDS
+from gearman_driver.ports import CONSOLE_PORT
 
-DEFAULT_SERVER = "localhost:47300"
-DEFAULT_PORT = 47300
+DEFAULT_SERVER = f"localhost:{CONSOLE_PORT}"
 TIMEOUT = 10.0
 MAX_REPLY_LINE = 1 << 20
 EX_OK, EX_ERR, EX_UNREACHABLE, EX_USAGE = 0, 1, 2, 64
@@ -45,7 +45,7 @@ class Target:
     path: str | None = None
 
 
-def parse_server(spec: str) -> Target:
+def parse_console_address(spec: str) -> Target:
     """``host``, ``host:port``, ``[v6addr]`` or ``[v6addr]:port``."""
     host, port_text = spec, ""
     if spec.startswith("["):
@@ -57,7 +57,7 @@ def parse_server(spec: str) -> Target:
         host, port_text = spec.split(":")
     if not host:
         raise UsageError(f"bad server address: {spec!r} (no host)")
-    port = DEFAULT_PORT
+    port = CONSOLE_PORT
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise UsageError(f"bad port in {spec!r}")
@@ -140,7 +140,7 @@ def query(address: str, command: str, timeout: float = TIMEOUT) -> list[str]:
     """One command to the console at ``host:port``; its reply lines without the final ``.``.
 
     For scripts and checks: raises Unreachable when the console cannot be reached."""
-    session = Session(parse_server(address), timeout)
+    session = Session(parse_console_address(address), timeout)
     try:
         return session.request(command)
     finally:
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = " ".join(args.server or []).replace(",", " ").split()
         if not specs and not targets:
             specs = [DEFAULT_SERVER]
-        targets += [parse_server(spec) for spec in specs]
+        targets += [parse_console_address(spec) for spec in specs]
         if any("\n" in w or "\r" in w for w in args.command):
             raise UsageError("a command must be one line")
         if args.timeout <= 0:

@@ -113,7 +113,7 @@ class CommandError(Exception):
         return f"ERR {self.code}: {self.detail}"
 
 
-def one_line(text: str) -> str:
+def printable_line(text: str) -> str:
     """Fold line breaks and control characters into spaces so a value cannot break framing
     (a line holding only ``.``) or smuggle terminal escapes to an operator's screen."""
     folded = "".join(ch if ch.isprintable() else " " for ch in text)
@@ -132,9 +132,9 @@ def iso_utc(epoch: float) -> str:
 
 def _status_cells(row: JobRow) -> list[str]:
     """The seven columns; the message gets Gearman::Driver's ``ERROR: `` prefix when set."""
-    message = one_line(row.last_error_msg)
+    message = printable_line(row.last_error_msg)
     return [
-        one_line(row.name),
+        printable_line(row.name),
         str(row.min_processes),
         str(row.max_processes),
         str(row.processes),
@@ -202,7 +202,7 @@ def _job_row(ctl: Controller, name: str) -> JobRow:
     for row in ctl.job_rows():
         if row.name == name:
             return row
-    raise CommandError("invalid_job_name", one_line(name))
+    raise CommandError("invalid_job_name", printable_line(name))
 
 
 def _count(value: str, what: str) -> int:
@@ -225,7 +225,7 @@ def _set_limits(ctl: Controller, job: str, lo: int | None, hi: int | None) -> Re
     try:
         ctl.set_limits(job, lo, hi)
     except ValueError as exc:  # the controller's own limits (e.g. scoreboard size)
-        raise CommandError("invalid_value", one_line(str(exc))) from exc
+        raise CommandError("invalid_value", printable_line(str(exc))) from exc
     return _ok()
 
 
@@ -300,7 +300,7 @@ def cmd_killall(ctl: Controller, args: list[str]) -> Reply:
         jobs = list(dict.fromkeys(args))
         for job in jobs:
             if not ctl.has_job(job):
-                raise CommandError("invalid_job_name", one_line(job))
+                raise CommandError("invalid_job_name", printable_line(job))
     ctl.stop_jobs(jobs)
     return _ok()
 
@@ -325,7 +325,7 @@ def cmd_reload(ctl: Controller, args: list[str]) -> Reply:
     def start(answer: Answer) -> None:
         def done(error: str | None) -> None:
             answer(_ok() if error is None else
-                   Reply((CommandError("reload_failed", one_line(error)).line,)))
+                   Reply((CommandError("reload_failed", printable_line(error)).line,)))
 
         ctl.request_reload(done)
 
@@ -377,7 +377,7 @@ def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "
     try:
         entry = COMMANDS.get(name)
         if entry is None:
-            raise CommandError("unknown_command", one_line(name))
+            raise CommandError("unknown_command", printable_line(name))
         if name in CHANGES and authorize is not None:
             denied = authorize()
             if denied is not None:
@@ -385,14 +385,14 @@ def execute(ctl: Controller, words: list[str], log: logging.Logger, who: str = "
                 raise CommandError("permission_denied", denied)
         reply = entry[0](ctl, args)
         if name in CHANGES:  # operators want to know who changed what from the journal
-            log.info("console %s: %s%s", who, one_line(" ".join(words))[:500],
+            log.info("console %s: %s%s", who, printable_line(" ".join(words))[:500],
                      f" -> {reply.lines[0]}" if reply.lines else "")
         return reply
     except CommandError as exc:
         return Reply((exc.line,))
     except Exception as exc:
-        log.exception("console command %r failed", one_line(" ".join(words))[:200])
-        short = one_line(f"{type(exc).__name__}: {exc}")[:200]
+        log.exception("console command %r failed", printable_line(" ".join(words))[:200])
+        short = printable_line(f"{type(exc).__name__}: {exc}")[:200]
         return Reply((f"ERR internal_error: {short}",))
 
 

@@ -23,7 +23,7 @@ from gearman_driver.console_client import (
     Target,
     Unreachable,
     UsageError,
-    parse_server,
+    parse_console_address,
 )
 
 EX_REFUSED = 1
@@ -60,7 +60,7 @@ def main(argv: Sequence[str]) -> int:
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
         target = Target(args.socket, path=args.socket) if args.socket else \
-            parse_server(args.server or DEFAULT_SERVER)
+            parse_console_address(args.server or DEFAULT_SERVER)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: {exc}", file=sys.stderr)

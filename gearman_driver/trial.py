@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from gearman_driver.child import set_parent_death_signal
 from gearman_driver.config import ConfigError, Settings
-from gearman_driver.config_errors import one_line
+from gearman_driver.config_errors import single_line
 from gearman_driver.jobs import LoadError
 from gearman_driver.loader import load_configured
 from gearman_driver.logs import set_process_context
@@ -63,7 +63,7 @@ class Trial:
         if answer == OK:
             self._done(None)
         else:
-            self._done(one_line(answer) or f"the trial process {self.pid} that loads the new "
+            self._done(single_line(answer) or f"the trial process {self.pid} that loads the new "
                                             f"worker code exited without an answer")
 
     def tick(self, now: float) -> None:

@@ -1,9 +1,10 @@
 """Our own worker side of the Gearman binary protocol: one selector, every server, one job.
 
 Why not pygearman: its loop tops out near 10k jobs/s and needs care around stopping and
-reconnecting (see DESIGN.md). This loop sleeps (PRE_SLEEP) on every connection, wakes on a
-NOOP from any, keeps at most one GRAB_JOB_UNIQ outstanding so the process never holds more
-than the job it runs, and pipelines each result with the next grab in one send.
+reconnecting (see docs/architecture.md, Backends). This loop sleeps (PRE_SLEEP) on every
+connection, wakes on a NOOP from any, keeps at most one GRAB_JOB_UNIQ outstanding so the
+process never holds more than the job it runs, and pipelines each result with the next grab
+in one send.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The pygearman backend, wrapped where pygearman misbehaves on Python 3 (DESIGN.md).
+"""The pygearman backend, wrapped where pygearman misbehaves on Python 3
+(docs/architecture.md, Backends).
 
 - task names are registered as bytes (a str name crashes the worker on the first job);
 - results always reach pygearman as bytes (anything else kills its process);

@@ -1,7 +1,8 @@
 """`python -m bench --quick` runs end to end and writes every section with figures.
 
-Timings are not asserted (DESIGN.md: tests never assert timings); only that each benchmark
-produced numbers, so a benchmark that breaks is noticed before the next full run.
+Timings are not asserted (functional tests never assert timings: docs/architecture.md, design
+rules); only that each benchmark produced numbers, so a benchmark that breaks is noticed
+before the next full run.
 """
 
 from __future__ import annotations

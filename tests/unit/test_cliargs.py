@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,19 @@ def test_bad_values_are_config_errors_at_the_command_line(argv: list[str], expec
         load_settings(command.config_files, command.overrides)
     assert str(info.value) == expected
     assert info.value.exit_status == 78
+
+
+def test_every_default_named_in_help_is_the_settings_default() -> None:
+    """`--help` states defaults by hand: each must be the one the settings really use (the
+    help of --worker_backend once named pygearman while native was the default)."""
+    from gearman_driver.cliargs import _VALUE_OPTIONS
+    from gearman_driver.config import DEFAULTS
+
+    named = 0
+    for key, _metavar, text in _VALUE_OPTIONS:
+        match = re.search(r"\(default: (.+?)\)$", text)
+        if match is None or key in ("logfile",):  # "stderr" stands for no file
+            continue
+        named += 1
+        assert match.group(1).replace("%%", "%").strip("'") == str(DEFAULTS[key]), key
+    assert named >= 8

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gearman_driver.console import ConsoleServer
-from gearman_driver.console_client import main, parse_server
+from gearman_driver.console_client import main, parse_console_address
 from tests.unit.test_console_commands import SHOW_A, STATUS
 from tests.unit.test_console_support import MemoryController, start_server, stop_server
 
@@ -121,11 +121,11 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--server" in capsys.readouterr().out
 
 
-def test_parse_server() -> None:
-    assert parse_server("h").label == "h:47300"
-    assert (parse_server("h:1").host, parse_server("h:1").port) == ("h", 1)
-    assert parse_server("[::1]:5").label == "[::1]:5"
-    assert parse_server("::1").host == "::1"
+def test_parse_console_address() -> None:
+    assert parse_console_address("h").label == "h:47300"
+    assert (parse_console_address("h:1").host, parse_console_address("h:1").port) == ("h", 1)
+    assert parse_console_address("[::1]:5").label == "[::1]:5"
+    assert parse_console_address("::1").host == "::1"
 
 
 def test_interactive(server: ConsoleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
