@@ -31,7 +31,7 @@ def run_pygearman(port: int, function: str, task: Callable[[bytes], bytes],
 
 
 def run_native(port: int, function: str, task: Callable[[bytes], bytes], client_id: str) -> None:
-    from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, backend_class
+    from gearman_driver.child.backends import BackendHooks, GearmanJob, JobResult, backend_class
 
     def runner(job: GearmanJob) -> JobResult:
         return JobResult("complete", task(job.workload))

@@ -22,11 +22,11 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 from bench.common import ROOT, Context, Figure, Headline, Section, fmt, progress
-from gearman_driver.jobs import JobSpec, JobTable, MethodSpec, Process
-from gearman_driver.metrics import MetricsSource, exposition, make_registry
-from gearman_driver.observer import FunctionStatus, Snapshot
+from gearman_driver.api import Worker
+from gearman_driver.jobs.table import JobSpec, JobTable, MethodSpec, Process
+from gearman_driver.master.metrics import MetricsSource, exposition, make_registry
+from gearman_driver.master.observer import FunctionStatus, Snapshot
 from gearman_driver.scoreboard import Scoreboard
-from gearman_driver.worker import Worker
 
 PRE_METRICS = "bc79626"  # the last commit whose scoreboard counted no durations
 JOBS, PER_JOB = 50, 4

@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from gearmand_util import TestClient, start_gearmand, status_table, stop_gearmand  # noqa: E402
 
-from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, backend_class  # noqa: E402
+from gearman_driver.child.backends import BackendHooks, GearmanJob, JobResult, backend_class  # noqa: E402
 
 FUNCTION = "bench_echo"
 

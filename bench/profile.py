@@ -24,11 +24,11 @@ from bench.common import (
     private_gearmand,
     progress,
 )
-from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, backend_class
-from gearman_driver.child import make_runner
-from gearman_driver.jobs import JobSpec
-from gearman_driver.loader import job_specs
-from gearman_driver.recycle import Recycler
+from gearman_driver.child.backends import BackendHooks, GearmanJob, JobResult, backend_class
+from gearman_driver.child.process import make_runner
+from gearman_driver.child.recycle import Recycler
+from gearman_driver.jobs.loader import job_specs
+from gearman_driver.jobs.table import JobSpec
 from gearman_driver.scoreboard import Scoreboard
 from tests.gearmand_util import TestClient
 
@@ -49,7 +49,7 @@ def _spec() -> JobSpec:
 def category(filename: str, name: str) -> str:
     if "/gearman/" in filename:
         return CATEGORIES[0]
-    if filename.endswith(("gearman_driver/child.py", "gearman_driver/scoreboard.py")):
+    if filename.endswith(("gearman_driver/child/process.py", "gearman_driver/scoreboard.py")):
         return CATEGORIES[1]
     if "backends/native" in filename or filename.endswith("gearman_driver/protocol.py"):
         return CATEGORIES[2]

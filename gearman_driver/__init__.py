@@ -12,18 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gearman_driver.worker import Worker, job
-
-__version__ = "0.1.0"
+from gearman_driver.api import Worker, job
+from gearman_driver.version import __version__
 
 if TYPE_CHECKING:
-    from gearman_driver.driver import Driver
+    from gearman_driver.master.driver import Driver
 
 
 def __getattr__(name: str) -> Any:
     # The master's machinery loads only when asked for: worker modules import this package too.
     if name == "Driver":
-        from gearman_driver.driver import Driver
+        from gearman_driver.master.driver import Driver
 
         return Driver
     raise AttributeError(name)

@@ -40,17 +40,17 @@ def job_table(driver: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     gc.disable()  # before any worker code is imported: keeps the shared heap compact for fork
-    from gearman_driver.cliargs import parse_args
-    from gearman_driver.config import EX_CONFIG, ConfigError, load_settings
-    from gearman_driver.driver import Driver
-    from gearman_driver.jobs import LoadError
+    from gearman_driver.config.cmdline import parse_args
+    from gearman_driver.config.settings import EX_CONFIG, ConfigError, load_settings
+    from gearman_driver.jobs.table import LoadError
     from gearman_driver.logs import install, open_configured, setup_logging
+    from gearman_driver.master.driver import Driver
+    from gearman_driver.master.pidfile import PidFile, PidFileLocked
     from gearman_driver.paths import EX_CANTCREAT, CannotCreate
-    from gearman_driver.pidfile import PidFile, PidFileLocked
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["reload"]:
-        from gearman_driver.reload_client import main as reload_main
+        from gearman_driver.console.reload_client import main as reload_main
 
         return reload_main(args[1:])
     command = parse_args(args)

@@ -21,7 +21,7 @@ from gearman_driver import journal
 from gearman_driver.paths import describe_path_error
 
 if TYPE_CHECKING:
-    from gearman_driver.config import Settings
+    from gearman_driver.config.settings import Settings
 
 DEFAULT_LAYOUT = "[%d] %p %m%n"
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"

@@ -20,7 +20,7 @@ import selectors
 import socket
 import time
 
-from .paths import CannotCreate
+from gearman_driver.paths import CannotCreate
 
 RECV_SIZE = 4096
 OUTPUT_HIGH_WATER = 64 * 1024  # stop reading new requests until the client catches up

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gearman
 
-from gearman_driver.console_client import query
+from gearman_driver.console.client import query
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "etc" / "gearman-driver" / "config.yml"

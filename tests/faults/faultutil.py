@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gearman_driver.console_client import query
+from gearman_driver.console.client import query
 from tests.gearmand_util import TestClient, free_port
 
 FIGURES_ENV = "GD_FAULT_FIGURES"

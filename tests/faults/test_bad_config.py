@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from gearman_driver.config import ConfigError, load_settings
-from gearman_driver.driver import Driver
-from gearman_driver.jobs import LoadError
+from gearman_driver.config.settings import ConfigError, load_settings
+from gearman_driver.jobs.table import LoadError
+from gearman_driver.master.driver import Driver
 from tests.driver_util import FIXTURES, run_cli
 from tests.faults.faultutil import record_figures
 

@@ -28,7 +28,7 @@ DENIED = ("ERR permission_denied: uid 65534 may not change anything; only root, 
 
 def client(target: list[str], command: str, *, user: int | None) -> list[str]:
     """One command through gearman-driver-console, as `user` (None: as root, this process)."""
-    argv = [sys.executable, "-m", "gearman_driver.console_client", "--timeout", "5", *target,
+    argv = [sys.executable, "-m", "gearman_driver.console.client", "--timeout", "5", *target,
             *command.split()]
     result = subprocess.run(as_nobody(*argv) if user == NOBODY else argv, cwd="/",
                             capture_output=True, text=True, timeout=30)

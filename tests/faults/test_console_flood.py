@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gearman_driver.console_client import query
+from gearman_driver.console.client import query
 from tests.faults.faultutil import console_config, peak_rss_kb, record_figures
 from tests.gearmand_util import wait_for
 

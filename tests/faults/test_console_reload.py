@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gearman_driver.console_client import Session, Target
+from gearman_driver.console.client import Session, Target
 from tests.driver_util import DriverProcess
 from tests.faults.faultutil import console, console_config, record_figures
 from tests.gearmand_util import wait_for

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from gearman_driver.console_client import query
+from gearman_driver.console.client import query
 from tests.gearmand_util import TestClient, free_port, wait_for
 
 PAIR = {"namespaces": ["tw.pair"], "interval": 1}
@@ -21,7 +21,7 @@ def ask(port: int, command: str) -> list[str]:
 
 
 def console_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gearman_driver.console_client", *args],
+    return subprocess.run([sys.executable, "-m", "gearman_driver.console.client", *args],
                           capture_output=True, text=True, timeout=30)
 
 

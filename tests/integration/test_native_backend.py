@@ -36,8 +36,8 @@ from gearmand_util import (  # noqa: E402
     worker_lines,
 )
 
-from gearman_driver.backends.base import BackendHooks, GearmanJob, JobResult, Server  # noqa: E402
-from gearman_driver.backends.native import NativeBackend  # noqa: E402
+from gearman_driver.child.backends.base import BackendHooks, GearmanJob, JobResult, Server  # noqa: E402
+from gearman_driver.child.backends.native import NativeBackend  # noqa: E402
 from gearman_driver.protocol import RES, Cmd, encode_response  # noqa: E402
 
 CTX = mp.get_context("fork")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gearman_driver.observer import FunctionStatus, Observer, Snapshot, driver_peers
+from gearman_driver.master.observer import FunctionStatus, Observer, Snapshot, driver_peers
 from gearman_driver.protocol import Cmd, PacketParser, encode_request
 from tests.gearmand_util import (
     TestClient,

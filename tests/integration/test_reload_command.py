@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gearman_driver.console_client import query
+from gearman_driver.console.client import query
 from tests.gearmand_util import TestClient, free_port
 
 PAIR = {"namespaces": ["tw.pair"], "interval": 1}

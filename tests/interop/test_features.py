@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from gearman_driver.console_client import query
+from gearman_driver.console.client import query
 from tests.gearmand_util import TestClient, status_table, wait_for
 from tests.interop.clients import CLIENTS, Client, Outcome
 from tests.interop.conftest import PROCESSES, Stack

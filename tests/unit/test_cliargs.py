@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gearman_driver.cliargs import EX_USAGE, CommandLine, parse_args
-from gearman_driver.config import ConfigError, load_settings
+from gearman_driver.config.cmdline import EX_USAGE, CommandLine, parse_args
+from gearman_driver.config.settings import ConfigError, load_settings
 
 
 def test_nothing_given() -> None:
@@ -162,8 +162,8 @@ def test_bad_values_are_config_errors_at_the_command_line(argv: list[str], expec
 def test_every_default_named_in_help_is_the_settings_default() -> None:
     """`--help` states defaults by hand: each must be the one the settings really use (the
     help of --worker_backend once named pygearman while native was the default)."""
-    from gearman_driver.cliargs import _VALUE_OPTIONS
-    from gearman_driver.config import DEFAULTS
+    from gearman_driver.config.cmdline import _VALUE_OPTIONS
+    from gearman_driver.config.settings import DEFAULTS
 
     named = 0
     for key, _metavar, text in _VALUE_OPTIONS:

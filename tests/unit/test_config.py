@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from gearman_driver import config
-from gearman_driver.config import (
+from gearman_driver.config import settings as config
+from gearman_driver.config.settings import (
     DEFAULTS,
     EX_CONFIG,
     ConfigError,

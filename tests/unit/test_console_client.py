@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gearman_driver.console import ConsoleServer
-from gearman_driver.console_client import main, parse_console_address
+from gearman_driver.console.client import main, parse_console_address
+from gearman_driver.console.server import ConsoleServer
 from tests.unit.test_console_commands import SHOW_A, STATUS
 from tests.unit.test_console_support import MemoryController, start_server, stop_server
 

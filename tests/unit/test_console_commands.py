@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gearman_driver.console_commands import (
+from gearman_driver.console.commands import (
     COMMANDS,
     JobRow,
     format_processes,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from gearman_driver.console_commands import handle_line
+from gearman_driver.console.commands import handle_line
 from tests.unit.test_console_support import Job, MemoryController, ProcessRow
 
 LOG = logging.getLogger("test.console.perl")

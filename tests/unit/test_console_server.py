@@ -21,15 +21,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gearman_driver import console as console_module
-from gearman_driver.console import (
+from gearman_driver.console import server as console_module
+from gearman_driver.console.commands import COMMANDS
+from gearman_driver.console.server import (
     MAX_CONNECTIONS,
     MAX_LINE,
     OUTPUT_HIGH_WATER,
     RECV_SIZE,
     ConsoleServer,
 )
-from gearman_driver.console_commands import COMMANDS
 from tests.unit.test_console_commands import SHOW_A, STATUS
 from tests.unit.test_console_support import (
     Client,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gearman_driver.config import DEFAULTS, schema
-from gearman_driver.config_errors import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
+from gearman_driver.config.reading import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
+from gearman_driver.config.settings import DEFAULTS, schema
 
 README = Path(__file__).parent.parent.parent / "README.md"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gearman_driver.config import ConfigError, load_settings
-from gearman_driver.driver import Driver
-from gearman_driver.jobs import LoadError
-from gearman_driver.loader import load_jobs
+from gearman_driver.config.settings import ConfigError, load_settings
+from gearman_driver.jobs.loader import load_jobs
+from gearman_driver.jobs.table import LoadError
+from gearman_driver.master.driver import Driver
 
 FIXTURES = str(Path(__file__).parent.parent / "fixtures")
 

@@ -11,13 +11,13 @@ from types import MappingProxyType
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gearman_driver.jobs import JobSpec, JobTable, MethodSpec, Process
-from gearman_driver.looplag import LoopLag
-from gearman_driver.metrics import MetricsSource, exposition, make_registry
-from gearman_driver.observer import FunctionStatus, Snapshot
-from gearman_driver.processes import ProcessManager
+from gearman_driver.api import Worker
+from gearman_driver.jobs.table import JobSpec, JobTable, MethodSpec, Process
+from gearman_driver.master.looplag import LoopLag
+from gearman_driver.master.metrics import MetricsSource, exposition, make_registry
+from gearman_driver.master.observer import FunctionStatus, Snapshot
+from gearman_driver.master.processes import ProcessManager
 from gearman_driver.scoreboard import MAX_FUNCTIONS, Counters, Scoreboard, function_slot
-from gearman_driver.worker import Worker
 from tests.gearmand_util import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

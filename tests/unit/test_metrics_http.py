@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gearman_driver.metrics_http import MAX_CONNECTIONS, MAX_REQUEST, MetricsServer
+from gearman_driver.master.metrics_http import MAX_CONNECTIONS, MAX_REQUEST, MetricsServer
 from tests.gearmand_util import free_port
 from tests.unit.test_console_support import Client, Loop, stop_server, wait_for
 
@@ -130,7 +130,7 @@ def test_prometheus_client_is_imported_only_when_the_endpoint_is_on() -> None:
     """metrics_port 0 costs nothing: a master that opens without it never loads the library."""
     script = textwrap.dedent("""
         import sys, http.client
-        from gearman_driver.driver import Driver
+        from gearman_driver.master.driver import Driver
         port = int(sys.argv[1])
         driver = Driver(server="127.0.0.1:1", console_port=0, metrics_port=port)
         driver._open()

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from gearman_driver.backends import native_conn
-from gearman_driver.backends.native_conn import REGISTERING, ServerConnection
+from gearman_driver.child.backends import native_conn
+from gearman_driver.child.backends.native_conn import REGISTERING, ServerConnection
 
 
 def test_a_silent_address_is_left_for_the_next(monkeypatch: pytest.MonkeyPatch) -> None:

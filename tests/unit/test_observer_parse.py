@@ -6,8 +6,8 @@ from types import MappingProxyType
 
 import pytest
 
-from gearman_driver import observer
-from gearman_driver.observer import (
+from gearman_driver.master import observer
+from gearman_driver.master.observer import (
     FunctionStatus,
     Snapshot,
     WorkerEntry,

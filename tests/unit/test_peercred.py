@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gearman_driver.config import ConfigError, load_settings
-from gearman_driver.console_commands import CHANGES, COMMANDS, handle_line
+from gearman_driver.config.settings import ConfigError, load_settings
+from gearman_driver.console.commands import CHANGES, COMMANDS, handle_line
 from gearman_driver.peercred import peer_uid, resolve_users, tcp_owner
 from tests.unit.test_console_support import MemoryController
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from gearman_driver.config import ConfigError, load_settings
-from gearman_driver.console_commands import handle_line
-from gearman_driver.driver import Driver
-from gearman_driver.jobs import LoadError
+from gearman_driver.api import Worker
+from gearman_driver.config.settings import ConfigError, load_settings
+from gearman_driver.console.commands import handle_line
+from gearman_driver.jobs.table import LoadError
+from gearman_driver.master.driver import Driver
 from gearman_driver.scoreboard import MAX_PROCESSES
-from gearman_driver.worker import Worker
 from tests.unit.test_console_support import MemoryController
 
 LOG = logging.getLogger("test.ceiling")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gearman_driver.scaling import Decision, JobFigures, ProcessFigures, decide
+from gearman_driver.master.scaling import Decision, JobFigures, ProcessFigures, decide
 
 
 def busy(pid: int) -> ProcessFigures:

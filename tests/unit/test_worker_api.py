@@ -9,10 +9,15 @@ from typing import Any
 import pytest
 
 from gearman_driver import Worker, job
-from gearman_driver.child import make_runner, to_result_bytes
-from gearman_driver.config import load_settings, options_for
-from gearman_driver.jobs import LoadError
-from gearman_driver.loader import apply_runtime_attributes, job_specs, load_jobs, worker_classes
+from gearman_driver.child.process import make_runner, to_result_bytes
+from gearman_driver.config.settings import load_settings, options_for
+from gearman_driver.jobs.loader import (
+    apply_runtime_attributes,
+    job_specs,
+    load_jobs,
+    worker_classes,
+)
+from gearman_driver.jobs.table import LoadError
 from gearman_driver.scoreboard import Scoreboard
 
 FIXTURES = str(Path(__file__).parent.parent / "fixtures")
@@ -361,7 +366,7 @@ def test_constructor_rejecting_an_option_names_class_and_option(tmp_path: Path) 
         def a(self, job: Any, workload: bytes) -> bytes:
             return workload
 
-    from gearman_driver.loader import build_worker
+    from gearman_driver.jobs.loader import build_worker
 
     with pytest.raises(LoadError) as info:
         build_worker(Strict, "s", {"colour": "red"})

@@ -17,7 +17,7 @@ import selectors
 import socket
 from collections.abc import Callable
 
-from .streamserver import OUTPUT_HIGH_WATER, OUTPUT_LIMIT, Connection, StreamServer
+from gearman_driver.streamserver import OUTPUT_HIGH_WATER, OUTPUT_LIMIT, Connection, StreamServer
 
 MAX_REQUEST = 8192  # request line and headers
 MAX_CONNECTIONS = 64

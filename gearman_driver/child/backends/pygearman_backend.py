@@ -23,7 +23,7 @@ from gearman.errors import ServerUnavailable
 from gearman.protocol import GEARMAN_COMMAND_ECHO_REQ
 from gearman.worker_handler import GearmanWorkerCommandHandler
 
-from gearman_driver.backends.base import (
+from gearman_driver.child.backends.base import (
     CONNECT_TIMEOUT,
     GearmanJob,
     JobResult,
@@ -31,7 +31,7 @@ from gearman_driver.backends.base import (
     WorkerBackend,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gearman_driver.backends.pygearman_backend")
 
 _ECHO_TOKEN = b"gearman-driver-registered"
 

@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from gearman_driver.config import Settings, options_for
-from gearman_driver.jobs import JobSpec, LoadError, MethodSpec
+from gearman_driver.api import ATTRIBUTE_KEYS, Worker, job_marker
+from gearman_driver.config.settings import Settings, options_for
+from gearman_driver.jobs.table import JobSpec, LoadError, MethodSpec
 from gearman_driver.scoreboard import MAX_PROCESSES
-from gearman_driver.worker import ATTRIBUTE_KEYS, Worker, job_marker
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gearman_driver.loader")
 
 RUNTIME_KEYS = ("min_processes", "max_processes", "timeout", "max_jobs_per_process",
                 "worker_backend")

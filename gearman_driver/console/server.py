@@ -4,7 +4,7 @@ It lives inside the master's single-threaded selector loop, so nothing here may 
 grow without bound: sockets are non-blocking, a line is at most 4 KiB, a client that does
 not read its replies is throttled and then dropped, idle connections are closed from
 ``tick``, and a failing command is answered, never raised into the loop. Commands and their
-wording live in :mod:`gearman_driver.console_commands`.
+wording live in :mod:`gearman_driver.console.commands`.
 
 A client must send each line within LINE_TIMEOUT seconds of its first byte (and its first
 line within LINE_TIMEOUT of connecting), or it is closed; each listener has its own budget of
@@ -27,17 +27,23 @@ import socket
 import stat
 import time
 
-from .console_commands import (
+from gearman_driver.console.commands import (
     Controller,
     JobRow,
     ProcessRow,
     Reply,
     handle_line,
 )
-from .paths import CannotCreate, describe_path_error, kind_of
-from .peercred import peer_uid
-from .ports import CONSOLE_PORT
-from .streamserver import NOSIGNAL, OUTPUT_HIGH_WATER, RECV_SIZE, Connection, StreamServer
+from gearman_driver.paths import CannotCreate, describe_path_error, kind_of
+from gearman_driver.peercred import peer_uid
+from gearman_driver.ports import CONSOLE_PORT
+from gearman_driver.streamserver import (
+    NOSIGNAL,
+    OUTPUT_HIGH_WATER,
+    RECV_SIZE,
+    Connection,
+    StreamServer,
+)
 
 __all__ = ["MAX_CONNECTIONS", "MAX_LINE", "OUTPUT_HIGH_WATER", "RECV_SIZE", "ConsoleServer",
            "Controller", "JobRow", "ProcessRow"]

@@ -22,13 +22,13 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from gearman_driver.child import set_parent_death_signal
-from gearman_driver.config import ConfigError, Settings
-from gearman_driver.config_errors import single_line
-from gearman_driver.jobs import LoadError
-from gearman_driver.loader import load_configured
+from gearman_driver.child.process import set_parent_death_signal
+from gearman_driver.config.reading import single_line
+from gearman_driver.config.settings import ConfigError, Settings
+from gearman_driver.jobs.loader import load_configured
+from gearman_driver.jobs.table import LoadError
 from gearman_driver.logs import set_process_context
-from gearman_driver.processes import FORK_SIGNALS
+from gearman_driver.master.processes import FORK_SIGNALS
 
 log = logging.getLogger("gearman_driver.reload")
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gearman_driver.console_client import (
+from gearman_driver.console.client import (
     DEFAULT_SERVER,
     EX_UNREACHABLE,
     EX_USAGE,

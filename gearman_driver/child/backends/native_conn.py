@@ -19,7 +19,7 @@ import socket
 import time
 from typing import Any
 
-from gearman_driver.backends.base import CONNECT_TIMEOUT, GearmanJob, Server
+from gearman_driver.child.backends.base import CONNECT_TIMEOUT, GearmanJob, Server
 from gearman_driver.protocol import (
     HEADER,
     REQ,

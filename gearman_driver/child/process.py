@@ -19,11 +19,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from gearman_driver.backends import BackendHooks, GearmanJob, JobResult, JobRunner, backend_class
-from gearman_driver.jobs import JobSpec, MethodSpec
+from gearman_driver.child.backends import (
+    BackendHooks,
+    GearmanJob,
+    JobResult,
+    JobRunner,
+    backend_class,
+)
+from gearman_driver.child.recycle import Recycler
+from gearman_driver.jobs.table import JobSpec, MethodSpec
 from gearman_driver.logs import job_done, job_in_hand, set_process_context
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
-from gearman_driver.recycle import Recycler
 from gearman_driver.scoreboard import SlotWriter, function_slot
 
 log = logging.getLogger("gearman_driver.child")

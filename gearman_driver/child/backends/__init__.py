@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from gearman_driver.backends.base import (
+from gearman_driver.child.backends.base import (
     BackendHooks,
     GearmanJob,
     JobResult,
@@ -14,8 +14,8 @@ from gearman_driver.backends.base import (
 )
 
 BACKENDS = {
-    "pygearman": "gearman_driver.backends.pygearman_backend:PygearmanBackend",
-    "native": "gearman_driver.backends.native:NativeBackend",
+    "pygearman": "gearman_driver.child.backends.pygearman_backend:PygearmanBackend",
+    "native": "gearman_driver.child.backends.native:NativeBackend",
 }
 
 

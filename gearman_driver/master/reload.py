@@ -26,20 +26,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gearman_driver.config import ConfigError, Settings, load_settings, options_for
-from gearman_driver.jobs import JobSpec, LoadError
-from gearman_driver.loader import (
+from gearman_driver.config.settings import ConfigError, Settings, load_settings, options_for
+from gearman_driver.jobs.loader import (
     apply_runtime_attributes,
     build_worker,
     job_specs,
     module_stamps,
 )
+from gearman_driver.jobs.table import JobSpec, LoadError
 from gearman_driver.logs import install, open_configured
+from gearman_driver.master.trial import start_trial
 from gearman_driver.paths import CannotCreate
-from gearman_driver.trial import start_trial
 
 if TYPE_CHECKING:
-    from gearman_driver.driver import Driver
+    from gearman_driver.master.driver import Driver
 
 log = logging.getLogger("gearman_driver.reload")
 
@@ -184,12 +184,11 @@ def _probe_console(driver: Driver, old: Settings, new: Settings) -> None:
         return
     if not new.console_port and not new.console_socket:
         return
-    from gearman_driver.console import probe
-    from gearman_driver.control import DriverControl
+    from gearman_driver.console.server import probe
 
     assert driver.selector is not None
     try:
-        probe(driver.console, DriverControl(driver), driver.selector, new.console_host,
+        probe(driver.console, driver.console_control(), driver.selector, new.console_host,
               new.console_port or None, new.console_socket)
     except CannotCreate as exc:
         key = next((k for k in CONSOLE_KEYS if str(exc).startswith(k)), "console_socket")

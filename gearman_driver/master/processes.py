@@ -21,8 +21,8 @@ import signal
 import time
 from collections.abc import Callable
 
-from gearman_driver.child import run_child
-from gearman_driver.jobs import Job, JobTable, Process
+from gearman_driver.child.process import run_child
+from gearman_driver.jobs.table import Job, JobTable, Process
 from gearman_driver.logs import about_job
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import Scoreboard, SlotView, State

@@ -210,7 +210,7 @@ class Observer:
             raise ValueError("Observer needs at least one server")
         self.selector = selector
         self.timeout = timeout
-        self.log = log or logging.getLogger(__name__)
+        self.log = log or logging.getLogger("gearman_driver.observer")
         self.on_snapshot = on_snapshot
         self.snapshot: Snapshot | None = None
         self._polls: list[_Poll] = []

@@ -17,13 +17,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gearman_driver import __version__
-from gearman_driver.autoscaler import Autoscaler
-from gearman_driver.backends import backend_class
-from gearman_driver.child import host_label
-from gearman_driver.config import Settings, load_settings
-from gearman_driver.jobs import Job, JobSpec, JobTable, MethodSpec
-from gearman_driver.loader import (
+from gearman_driver.api import Worker
+from gearman_driver.child.backends import backend_class
+from gearman_driver.child.process import host_label
+from gearman_driver.child.recycle import MIB
+from gearman_driver.config.settings import Settings, load_settings
+from gearman_driver.jobs.loader import (
     Wanted,
     check_limits,
     coder,
@@ -31,16 +30,18 @@ from gearman_driver.loader import (
     load_configured,
     module_stamps,
 )
+from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec
 from gearman_driver.logs import reopen_logfile
-from gearman_driver.processes import ProcessManager
-from gearman_driver.recycle import MIB
-from gearman_driver.reload import ReloadOutcome
+from gearman_driver.master.autoscaler import Autoscaler
+from gearman_driver.master.processes import ProcessManager
+from gearman_driver.master.reload import ReloadOutcome
+from gearman_driver.master.systemd import Notifier
 from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard, State
-from gearman_driver.systemd import Notifier
-from gearman_driver.worker import Worker
+from gearman_driver.version import __version__
 
 if TYPE_CHECKING:
-    from gearman_driver.trial import Trial
+    from gearman_driver.console.control import DriverControl
+    from gearman_driver.master.trial import Trial
 
 log = logging.getLogger("gearman_driver")
 
@@ -172,7 +173,7 @@ class Driver:
                 if self._stopping and not any(j.processes for j in self.jobs.values()):
                     break
                 if self._reexec and not any(j.processes for j in self.jobs.values()):
-                    from gearman_driver.reload import hold_signals, reexec
+                    from gearman_driver.master.reload import hold_signals, reexec
 
                     hold_signals(HANDLED_SIGNALS, self._wakeup[0] if self._wakeup else None)
                     self._close()
@@ -247,7 +248,7 @@ class Driver:
 
     def open_metrics(self) -> None:
         if self.settings.metrics_port:  # else not even imported: metrics off costs nothing
-            from gearman_driver.metrics import open_endpoint
+            from gearman_driver.master.metrics import open_endpoint
 
             self.metrics = open_endpoint(self, TURN_SECONDS)
 
@@ -255,20 +256,27 @@ class Driver:
         if not self.settings.console_port and not self.settings.console_socket:
             return
         try:
-            from gearman_driver.console import ConsoleServer
+            from gearman_driver.console.server import ConsoleServer
         except ImportError:  # pragma: no cover - console module not installed
             return
-        from gearman_driver.control import DriverControl
         from gearman_driver.peercred import resolve_users
 
         assert self.selector is not None
         self.console = ConsoleServer(
-            DriverControl(self), self.selector, host=self.settings.console_host,
+            self.console_control(), self.selector, host=self.settings.console_host,
             port=self.settings.console_port or None,
             socket_path=self.settings.console_socket,
             allowed_uids=resolve_users(self.settings.console_allow_users),
         )
         self.console.open()
+
+    def console_control(self) -> DriverControl:
+        """What the console's commands may read and do: the job table, stops, reload."""
+        from gearman_driver.console.control import DriverControl
+
+        assert self.scoreboard is not None and self.processes is not None
+        return DriverControl(self.jobs, self.scoreboard, stop=self.processes.stop,
+                             shutdown=self.shutdown, request_reload=self.request_reload)
 
     def _servers(self) -> list[Any]:
         """The console and the metrics endpoint, those that are open."""
@@ -340,7 +348,7 @@ class Driver:
     def reload(self) -> None:
         """SIGHUP: re-read the config files; keep the old configuration if they are invalid.
         It ends in finish_reload, now or once a trial of new worker code answered."""
-        from gearman_driver.reload import apply_reload
+        from gearman_driver.master.reload import apply_reload
 
         self._current_waiters, self._reload_waiters = self._reload_waiters, []
         apply_reload(self)
@@ -402,12 +410,6 @@ class Driver:
         for process in list(self.jobs.processes()):
             self.processes.stop(process, "re-exec")
         return True
-
-    def limits_changed(self, name: str) -> None:
-        """Console or reload changed a job's limits; every turn applies limits, so log only."""
-        job = self.jobs[name]
-        log.info("limits of %s set to min %d, max %d", name, job.min_processes,
-                 job.max_processes)
 
     # -- what STATUS reads --------------------------------------------------------------------
     def status_text(self) -> str:

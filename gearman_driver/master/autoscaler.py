@@ -15,14 +15,14 @@ import selectors
 import time
 from typing import TYPE_CHECKING
 
-from gearman_driver.config import Settings
-from gearman_driver.jobs import Job
-from gearman_driver.observer import Observer, Snapshot, driver_peers
-from gearman_driver.scaling import JobFigures, ProcessFigures, decide
+from gearman_driver.config.settings import Settings
+from gearman_driver.jobs.table import Job
+from gearman_driver.master.observer import Observer, Snapshot, driver_peers
+from gearman_driver.master.scaling import JobFigures, ProcessFigures, decide
 from gearman_driver.scoreboard import State
 
 if TYPE_CHECKING:
-    from gearman_driver.driver import Driver
+    from gearman_driver.master.driver import Driver
 
 log = logging.getLogger("gearman_driver.autoscaler")
 

@@ -16,14 +16,14 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from gearman_driver.backends.base import (
+from gearman_driver.child.backends.base import (
     BackendHooks,
     JobResult,
     JobRunner,
     Server,
     WorkerBackend,
 )
-from gearman_driver.backends.native_conn import (
+from gearman_driver.child.backends.native_conn import (
     CONNECTING,
     DOWN,
     GRABBING,
@@ -43,7 +43,7 @@ from gearman_driver.protocol import (
     encode_request,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gearman_driver.backends.native")
 
 _GRAB = encode_request(Cmd.GRAB_JOB_UNIQ)
 _PRE_SLEEP = encode_request(Cmd.PRE_SLEEP)

@@ -25,16 +25,16 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from gearman_driver import __version__
-from gearman_driver.jobs import Job
-from gearman_driver.looplag import LoopLag
-from gearman_driver.metrics_http import MetricsServer
-from gearman_driver.observer import Snapshot
-from gearman_driver.processes import RECYCLED_FOR
+from gearman_driver.jobs.table import Job
+from gearman_driver.master.looplag import LoopLag
+from gearman_driver.master.metrics_http import MetricsServer
+from gearman_driver.master.observer import Snapshot
+from gearman_driver.master.processes import RECYCLED_FOR
 from gearman_driver.scoreboard import DURATION_BUCKETS, MAX_FUNCTIONS, Counters, Scoreboard
+from gearman_driver.version import __version__
 
 if TYPE_CHECKING:
-    from gearman_driver.driver import Driver
+    from gearman_driver.master.driver import Driver
 
 __all__ = ["DriverCollector", "MetricsSource", "exposition", "make_registry",
            "open_endpoint"]

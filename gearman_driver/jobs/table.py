@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gearman_driver.api import Worker
 from gearman_driver.scoreboard import Counters
-from gearman_driver.worker import Worker
 
 LOST_HANDLES_KEPT = 256
 

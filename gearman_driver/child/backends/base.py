@@ -17,7 +17,7 @@ from typing import Literal
 
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gearman_driver.backends.base")
 
 Server = tuple[str, int]
 

@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema
 from jsonschema.protocols import Validator
 
-from gearman_driver.config_errors import (
+from gearman_driver.config.reading import (
     COMMAND_LINE,
     EX_CONFIG,
     ConfigError,
@@ -97,7 +97,7 @@ def schema() -> dict[str, Any]:
     try:
         text = (resources.files("gearman_driver.schema") / "config.schema.json").read_text("utf-8")
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        text = (Path(__file__).parent.parent / "schema" / "config.schema.json").read_text("utf-8")
+        text = (Path(__file__).parents[2] / "schema" / "config.schema.json").read_text("utf-8")
     return with_process_ceiling(json.loads(text))
 
 

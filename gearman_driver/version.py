@@ -1,0 +1,4 @@
+"""The version, in a module of its own so that any module can name it without importing
+the package root (which offers `Driver`)."""
+
+__version__ = "0.1.0"
