@@ -10,11 +10,12 @@ the pid file or the console's socket or port cannot be created (see :mod:`gearma
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from gearman_driver import gcpolicy
 
 EX_TEMPFAIL = 75
 
@@ -39,7 +40,7 @@ def job_table(driver: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    gc.disable()  # before any worker code is imported: keeps the shared heap compact for fork
+    gcpolicy.off_while_loading()  # before any worker code is imported
     from gearman_driver.config.cmdline import parse_args
     from gearman_driver.config.settings import EX_CONFIG, ConfigError, load_settings
     from gearman_driver.jobs.table import LoadError

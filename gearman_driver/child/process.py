@@ -7,7 +7,6 @@ buffered file or finaliser inherited from the master runs twice.
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import os
 import select
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from gearman_driver import gcpolicy
 from gearman_driver.child.backends import (
     BackendHooks,
     GearmanJob,
@@ -174,7 +174,7 @@ def run_child(
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
         pid = os.getpid()
-        gc.enable()
+        gcpolicy.in_child()
         set_process_context(f"{spec.name}[{pid}]", job=spec.name)
         _set_title(spec)
         writer.ready(pid)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
+from gearman_driver.jobs.options import MIB
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-MIB = 1024 * 1024
 
 
 class StatmReader:

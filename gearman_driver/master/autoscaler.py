@@ -9,52 +9,89 @@ interval: a burst is met in one round trip to gearmand.
 
 from __future__ import annotations
 
-import gc
 import logging
 import selectors
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from gearman_driver import gcpolicy
 from gearman_driver.config.settings import Settings
-from gearman_driver.jobs.table import Job
+from gearman_driver.jobs.table import Job, JobTable, Process
 from gearman_driver.master.observer import Observer, Snapshot, driver_peers
 from gearman_driver.master.scaling import JobFigures, ProcessFigures, decide
-from gearman_driver.scoreboard import State
-
-if TYPE_CHECKING:
-    from gearman_driver.master.driver import Driver
+from gearman_driver.scoreboard import SlotView, State
 
 log = logging.getLogger("gearman_driver.autoscaler")
 
 SATURATION_POLL_GAP = 0.05
 
 
-class Autoscaler:
-    """Owns the observer and turns its snapshots and the scoreboard into starts and stops."""
+class Processes(Protocol):
+    """What scaling may do with processes (master/processes.py's ProcessManager)."""
 
-    def __init__(self, driver: Driver, selector: selectors.BaseSelector, *,
-                 freeze: bool = True) -> None:
-        self.driver = driver
+    def can_start(self, job: Job, now: float) -> bool: ...
+    def start(self, job: Job, reason: str) -> int | None: ...
+    def stop(self, process: Process, reason: str, now: float | None = None) -> None: ...
+    def note_working(self, job: Job, view: SlotView) -> None: ...
+
+
+class SlotReader(Protocol):
+    """The scoreboard as scaling reads it."""
+
+    def read(self, slot: int) -> SlotView: ...
+
+
+class Autoscaler:
+    """Owns the observer and turns its snapshots and the scoreboard into starts and stops.
+
+    It is given the job table, the scoreboard, the process manager, the settings and the
+    driver's id; it never sees the master itself. `observer` makes the gearmand observer
+    (tests pass one that replays scripted snapshots); `wall` is the clock the scoreboard's
+    times are read against."""
+
+    def __init__(self, jobs: JobTable, scoreboard: SlotReader, processes: Processes,
+                 selector: selectors.BaseSelector | None, settings: Settings, *,
+                 driver_id: str,
+                 on_unknown: Callable[[dict[str, Any]], None] | None = None,
+                 observer: Callable[..., Any] = Observer,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.jobs = jobs
+        self.scoreboard = scoreboard
+        self.processes = processes
         self.selector = selector
-        self.freeze = freeze
-        self.observer: Observer | None = None
+        self.settings = settings
+        self.driver_id = driver_id
+        self.on_unknown = on_unknown
+        self._make_observer = observer
+        self._wall = wall
+        self.observer: Any = None
         self._used: dict[str, float] = {}  # job name -> taken_at of the snapshot it acted on
         self._next_poll = 0.0
         self._last_saturation_poll = 0.0
         self._warned_unknown: set[str] = set()
-        self.configure(driver.settings)
+        self._open_observer()
 
     @property
     def snapshot(self) -> Snapshot | None:
         return self.observer.snapshot if self.observer is not None else None
 
     def configure(self, settings: Settings) -> None:
-        """(Re)create the observer for these servers; interval 0 turns scaling off."""
+        """New settings after a reload: a new observer when the servers or the interval
+        changed; max_idle_time applies from the next decision."""
+        old, self.settings = self.settings, settings
+        if (old.server, old.interval) != (settings.server, settings.interval):
+            self._open_observer()
+
+    def _open_observer(self) -> None:
+        """(Re)create the observer for the servers; interval 0 turns scaling off."""
         self.close()
+        settings = self.settings
         if settings.interval > 0:
-            self.observer = Observer(settings.server, self.selector,
-                                     timeout=max(1.0, min(5.0, settings.interval * 2)),
-                                     on_snapshot=self._on_snapshot)
+            self.observer = self._make_observer(
+                settings.server, self.selector,
+                timeout=max(1.0, min(5.0, settings.interval * 2)),
+                on_snapshot=self._on_snapshot)
         self._next_poll = 0.0
 
     def close(self) -> None:
@@ -72,15 +109,14 @@ class Autoscaler:
             return
         self.observer.tick(now)
         if polling and now >= self._next_poll and self.observer.start_poll(now):
-            self._next_poll = now + self.driver.settings.interval
+            self._next_poll = now + self.settings.interval
 
     def manage(self, now: float) -> None:
         """Bring every job within its limits, and scale it from a fresh snapshot once."""
-        driver = self.driver
-        assert driver.processes is not None
+        processes = self.processes
         snapshot = self.snapshot
         saturated = False
-        for job in driver.jobs.values():
+        for job in self.jobs.values():
             waiting: int | None = None
             drivers = 1
             if snapshot is not None and snapshot.servers_up and \
@@ -89,25 +125,24 @@ class Autoscaler:
                 waiting = snapshot.waiting(job.spec.functions)
                 if waiting:  # peers matter only when there is a shortfall to share
                     drivers = len(driver_peers(snapshot, job.spec.functions)
-                                  | {driver.driver_id})
+                                  | {self.driver_id})
             elif job.min_processes <= len(job.running()) <= job.max_processes:
                 # nothing new to decide on (the common idle turn): only watch for saturation
                 saturated = saturated or self._saturated(job)
                 continue
             figures = self._figures(job, waiting, drivers)
             decision = decide(figures)
-            if decision.start and driver.processes.can_start(job, now):
+            if decision.start and processes.can_start(job, now):
                 reason = "scale up" if waiting else "min_processes"
-                if self.freeze:
-                    gc.freeze()  # what is shared now stays untouched by the children's gc
+                gcpolicy.before_fork()
                 # after a failed start, one process at a time probes whether the job works
                 for _ in range(1 if job.failed_starts else decision.start):
-                    if driver.processes.start(job, reason) is None:
+                    if processes.start(job, reason) is None:
                         break  # backed off: no more tries this turn
             for pid in decision.stop:
                 process = job.processes.get(pid)
                 if process is not None:
-                    driver.processes.stop(process, "idle" if waiting == 0 else "max_processes")
+                    processes.stop(process, "idle" if waiting == 0 else "max_processes")
             saturated = saturated or self._saturated(job)
         if saturated and self.observer is not None and \
                 now - self._last_saturation_poll >= SATURATION_POLL_GAP:
@@ -116,41 +151,35 @@ class Autoscaler:
 
     def _saturated(self, job: Job) -> bool:
         """Every running process busy and room for more: worth asking gearmand right now."""
-        scoreboard = self.driver.scoreboard
-        assert scoreboard is not None
         live = job.running()
         if not live or len(live) >= job.max_processes:
             return False
-        return all(scoreboard.read(p.slot).busy for p in live)
+        return all(self.scoreboard.read(p.slot).busy for p in live)
 
     def _figures(self, job: Job, waiting: int | None, drivers: int) -> JobFigures:
-        scoreboard = self.driver.scoreboard
-        assert scoreboard is not None
-        wall = time.time()
+        wall = self._wall()
         processes = []
         for process in job.processes.values():
-            view = scoreboard.read(process.slot)
-            if view.delivered and job.failed_starts:
-                job.failed_starts = 0  # a process of this job works: the next failure is new
+            view = self.scoreboard.read(process.slot)
+            self.processes.note_working(job, view)
             since = view.last_job_end if view.last_job_end else view.started
             processes.append(ProcessFigures(process.pid, view.state == State.BUSY,
                                             max(0.0, wall - since), process.stopping))
         return JobFigures(job.name, job.min_processes, job.max_processes, processes, waiting,
-                          drivers, self.driver.settings.max_idle_time)
+                          drivers, self.settings.max_idle_time)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         """Functions with queued jobs that no job of ours serves: callback, or warn once."""
-        driver = self.driver
-        ours = {f for job in driver.jobs.values() for f in job.spec.functions}
+        ours = {f for job in self.jobs.values() for f in job.spec.functions}
         for name, status in snapshot.functions.items():
             if name in ours or status.total <= 0:
                 continue
             info = {"name": name, "queue": status.total, "busy": status.running,
                     "free": max(0, status.available_workers - status.running),
                     "running": status.available_workers}
-            if driver.unknown_job_callback is not None:
+            if self.on_unknown is not None:
                 try:
-                    driver.unknown_job_callback(driver, info)
+                    self.on_unknown(info)
                 except Exception:
                     log.exception("unknown_job_callback failed for %s", name)
             elif name not in self._warned_unknown:

@@ -8,7 +8,6 @@ children, and user callbacks here are guarded.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import selectors
@@ -17,10 +16,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from gearman_driver import gcpolicy
 from gearman_driver.api import Worker
 from gearman_driver.child.backends import backend_class
 from gearman_driver.child.process import host_label
-from gearman_driver.child.recycle import MIB
 from gearman_driver.config.settings import Settings, load_settings
 from gearman_driver.jobs.loader import (
     Wanted,
@@ -30,13 +29,15 @@ from gearman_driver.jobs.loader import (
     load_configured,
     module_stamps,
 )
+from gearman_driver.jobs.options import JobOptions, effective_options
 from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec
 from gearman_driver.logs import reopen_logfile
 from gearman_driver.master.autoscaler import Autoscaler
 from gearman_driver.master.processes import ProcessManager
+from gearman_driver.master.readiness import Readiness
 from gearman_driver.master.reload import ReloadOutcome
 from gearman_driver.master.systemd import Notifier
-from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard, State
+from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard
 from gearman_driver.version import __version__
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class Driver:
         self._reload_requested = False
         self._reload_waiters: list[Callable[[str | None], None]] = []  # of the next reload
         self._current_waiters: list[Callable[[str | None], None]] = []  # of the one running
-        self._last_gc = time.monotonic()
+        self._gc = gcpolicy.MasterCollection(time.monotonic())
         self.selector: selectors.BaseSelector | None = None
         self.autoscaler: Autoscaler | None = None
         self.console: Any = None
@@ -87,8 +88,7 @@ class Driver:
         self._reexec = False
         self.module_stamps: dict[str, tuple[str, float]] = {}  # worker files at load time
         self._ready_sent = False
-        self._unregistered_since: float | None = None
-        self._freeze = os.environ.get("GEARMAN_DRIVER_NO_GC_FREEZE", "") in ("", "0")
+        self._readiness = Readiness()
         self.trial: Trial | None = None  # a reload's new worker code, loading in a process
         self.reload_outcome: ReloadOutcome | None = None  # how the last reload ended
 
@@ -113,6 +113,10 @@ class Driver:
         self.jobs.add(JobSpec(name, worker, f"{type(worker).__module__}."
                               f"{type(worker).__qualname__}", tuple(specs), min_processes,
                               max_processes))
+
+    def options(self, job: Job) -> JobOptions:
+        """The options `job`'s processes start with, under the current settings."""
+        return effective_options(job.spec, self.settings)
 
     def get_jobs(self) -> list[Job]:
         return [self.jobs[name] for name in self.jobs]
@@ -139,7 +143,7 @@ class Driver:
         """Import the namespaces and build the job table (the master's copy-on-write heap)."""
         if self._loaded:
             return
-        gc.disable()
+        gcpolicy.off_while_loading()
         settings = self.settings
         specs, callback = load_configured(settings, self.wanted)
         for spec in specs:
@@ -154,8 +158,7 @@ class Driver:
     def run(self) -> int:
         """Start every job's processes and keep them within their limits until shut down."""
         self.load()
-        for name in {job.spec.worker_backend or self.settings.worker_backend
-                     for job in self.jobs.values()}:
+        for name in {self.options(job).backend for job in self.jobs.values()}:
             backend_class(name)  # imported once here, shared by every child, not once per child
         self._open()
         log.info("gearman-driver %s started (pid %d): %d jobs, servers %s, config %s",
@@ -164,7 +167,7 @@ class Driver:
         for job in self.get_jobs():
             log.info("job %s: %s, min %d, max %d, %s", job.name, ", ".join(job.spec.functions),
                      job.min_processes, job.max_processes,
-                     job.spec.worker_backend or self.settings.worker_backend)
+                     self.options(job).backend)
         assert self.autoscaler is not None
         self.autoscaler.manage(time.monotonic())  # fork min_processes now, not after a turn
         try:
@@ -208,9 +211,7 @@ class Driver:
         for server in self._servers():
             server.tick(now)
         self.notifier.tick(now, self.status_text)
-        if now - self._last_gc > 60:
-            gc.collect()  # frozen objects are skipped: only the master's own garbage
-            self._last_gc = now
+        self._gc.tick(now)
 
     # -- set-up and tear-down ------------------------------------------------------------------
     def _open(self) -> None:
@@ -230,27 +231,32 @@ class Driver:
         self.processes = ProcessManager(
             self.jobs, self.scoreboard,
             servers=lambda: list(self.settings.server),
-            backend=lambda job: job.spec.worker_backend or self.settings.worker_backend,
+            options=self.options,
             graceful_timeout=lambda: float(self.settings.graceful_timeout),
-            max_jobs=lambda job: (job.spec.max_jobs_per_process
-                                  if job.spec.max_jobs_per_process is not None
-                                  else self.settings.max_jobs_per_process,
-                                  self.settings.max_jobs_jitter),
             close_inherited=self.close_in_child,
-            memory_limits=lambda job: (job.spec.max_rss_mb
-                                       if job.spec.max_rss_mb is not None
-                                       else self.settings.max_rss_mb,
-                                       self.settings.max_workload_mb * MIB),
         )
-        self.autoscaler = Autoscaler(self, self.selector, freeze=self._freeze)
+        callback = self.unknown_job_callback
+        self.autoscaler = Autoscaler(
+            self.jobs, self.scoreboard, self.processes, self.selector, self.settings,
+            driver_id=self.driver_id,
+            on_unknown=(lambda info: callback(self, info)) if callback is not None else None)
         self.open_console()
         self.open_metrics()
 
     def open_metrics(self) -> None:
         if self.settings.metrics_port:  # else not even imported: metrics off costs nothing
-            from gearman_driver.master.metrics import open_endpoint
+            from gearman_driver.master.looplag import LoopLag
+            from gearman_driver.master.metrics import MetricsSource, open_endpoint
 
-            self.metrics = open_endpoint(self, TURN_SECONDS)
+            assert self.selector is not None
+            loop_lag = self.loop_lag = self.loop_lag or LoopLag(TURN_SECONDS)
+            source = MetricsSource(
+                jobs=self.jobs, scoreboard=lambda: self.scoreboard,
+                snapshot=lambda: self.autoscaler.snapshot if self.autoscaler else None,
+                backend=lambda: self.settings.worker_backend, reloads=self.reloads,
+                loop_lag=lambda: loop_lag.value(time.monotonic()))
+            self.metrics = open_endpoint(source, self.selector, self.settings.metrics_host,
+                                         self.settings.metrics_port)
 
     def open_console(self) -> None:
         if not self.settings.console_port and not self.settings.console_socket:
@@ -369,25 +375,11 @@ class Driver:
             done(error)
 
     def _check_ready(self, now: float) -> None:
-        """READY=1 once every job's min processes are registered with gearmand, or running
-        while gearmand cannot be reached (so `systemctl start` does not hang on gearmand)."""
+        """READY=1 once readiness says so (see master/readiness.py)."""
         assert self.scoreboard is not None
-        unregistered = False
-        for job in self.jobs.values():
-            live = job.running()
-            if len(live) < job.min_processes and job.failed_starts == 0:
-                return
-            for process in live:
-                view = self.scoreboard.read(process.slot)
-                if view.state == State.STARTING:
-                    return
-                unregistered = unregistered or view.registered == 0
-        if unregistered:
-            snapshot = self.autoscaler.snapshot if self.autoscaler is not None else None
-            self._unregistered_since = self._unregistered_since or now
-            if not (snapshot is not None and snapshot.servers_down) and \
-                    now - self._unregistered_since < 5.0:
-                return
+        snapshot = self.autoscaler.snapshot if self.autoscaler is not None else None
+        if not self._readiness.ready(self.jobs, self.scoreboard, snapshot, now):
+            return
         self._ready_sent = True
         status = self.status_line()
         log.info("ready: %s", status)

@@ -10,10 +10,10 @@ labels and help texts, not formatting. Imported only when ``metrics_port`` is se
 from __future__ import annotations
 
 import os
+import selectors
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -26,15 +26,11 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gearman_driver.jobs.table import Job
-from gearman_driver.master.looplag import LoopLag
 from gearman_driver.master.metrics_http import MetricsServer
 from gearman_driver.master.observer import Snapshot
 from gearman_driver.master.processes import RECYCLED_FOR
 from gearman_driver.scoreboard import DURATION_BUCKETS, MAX_FUNCTIONS, Counters, Scoreboard
 from gearman_driver.version import __version__
-
-if TYPE_CHECKING:
-    from gearman_driver.master.driver import Driver
 
 __all__ = ["DriverCollector", "MetricsSource", "exposition", "make_registry",
            "open_endpoint"]
@@ -205,19 +201,11 @@ def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
     return encoder(registry), content_type
 
 
-def open_endpoint(driver: Driver, turn_seconds: float) -> MetricsServer:
-    """The driver's metrics endpoint on metrics_host:metrics_port, listening in its loop;
-    from now on the driver feeds the loop lag (turns of `turn_seconds`) at every turn."""
-    assert driver.selector is not None
-    loop_lag = driver.loop_lag = driver.loop_lag or LoopLag(turn_seconds)
-    source = MetricsSource(
-        jobs=driver.jobs, scoreboard=lambda: driver.scoreboard,
-        snapshot=lambda: driver.autoscaler.snapshot if driver.autoscaler is not None else None,
-        backend=lambda: driver.settings.worker_backend, reloads=driver.reloads,
-        loop_lag=lambda: loop_lag.value(time.monotonic()),
-    )
+def open_endpoint(source: MetricsSource, selector: selectors.BaseSelector, host: str,
+                  port: int) -> MetricsServer:
+    """The metrics endpoint on host:port, listening in the master's loop, reading `source`."""
     registry = make_registry(source)
-    server = MetricsServer(lambda accept: exposition(registry, accept), driver.selector,
-                           host=driver.settings.metrics_host, port=driver.settings.metrics_port)
+    server = MetricsServer(lambda accept: exposition(registry, accept), selector,
+                           host=host, port=port)
     server.open()
     return server

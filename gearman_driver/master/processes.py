@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 
 from gearman_driver.child.process import run_child
+from gearman_driver.jobs.options import JobOptions
 from gearman_driver.jobs.table import Job, JobTable, Process
 from gearman_driver.logs import about_job
-from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import Scoreboard, SlotView, State
 
 log = logging.getLogger("gearman_driver.processes")
@@ -65,25 +65,37 @@ class ProcessManager:
         scoreboard: Scoreboard,
         *,
         servers: Callable[[], list[tuple[str, int]]],
-        backend: Callable[[Job], str],
+        options: Callable[[Job], JobOptions],
         graceful_timeout: Callable[[], float],
-        max_jobs: Callable[[Job], tuple[int, int]],
         close_inherited: Callable[[], None],
-        memory_limits: Callable[[Job], tuple[float, int]] = lambda job: (0.0, DEFAULT_MAX_PACKET),
+        send_signal: Callable[[int, int], None] = os.kill,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.jobs = jobs
         self.scoreboard = scoreboard
         self._servers = servers
-        self._backend = backend
+        self._options = options  # the job's effective options (jobs/options.py)
         self._graceful_timeout = graceful_timeout
-        self._max_jobs = max_jobs
         self._close_inherited = close_inherited
-        self._memory_limits = memory_limits  # (max_rss_mb, largest workload in bytes)
+        self._send_signal = send_signal
+        self._wall = wall  # the clock of the scoreboard's job_started (a job's timeout)
         # only the master holds the write end: children see EOF on the read end when it dies
         self._alive_read, self._alive_write = os.pipe2(os.O_CLOEXEC)
         self.master_pid = os.getpid()
         self.start_failures = 0  # starts in a row that could not fork (or found no slot)
         self._retry_starts_at = 0.0
+
+    # -- failed-start accounting (here only) -----------------------------------------------
+    @staticmethod
+    def note_working(job: Job, view: SlotView) -> None:
+        """A process of `job` delivered a result: the job works, the next failure is new."""
+        if view.delivered and job.failed_starts:
+            job.failed_starts = 0
+
+    @staticmethod
+    def forget_failures(job: Job) -> None:
+        """A reload gave the job a new spec: start it again at once, as a new job."""
+        job.failed_starts, job.next_start_at = 0, 0.0
 
     # -- start -----------------------------------------------------------------------------
     def can_start(self, job: Job, now: float) -> bool:
@@ -111,9 +123,10 @@ class ProcessManager:
             self._cannot_start(job, f"all {self.scoreboard.size} scoreboard slots in use "
                                     "(the ceiling of processes per driver)")
             return None
-        limit, jitter = self._max_jobs(job)
+        options = self._options(job)
+        limit, jitter = options.max_jobs, options.max_jobs_jitter
         max_jobs = limit + (random.randint(0, jitter) if limit and jitter else 0)
-        max_rss_mb, max_workload = self._memory_limits(job)
+        max_rss_mb, max_workload = options.max_rss_mb, options.max_workload
         for handler in logging.getLogger().handlers:
             handler.flush()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SIGNALS)
@@ -126,7 +139,7 @@ class ProcessManager:
                     servers=self._servers(),
                     master_pid=self.master_pid,
                     writer=self.scoreboard.child_writer(slot),
-                    backend_name=self._backend(job),
+                    backend_name=options.backend,
                     graceful_timeout=self._graceful_timeout(),
                     max_jobs=max_jobs,
                     close_inherited=self._close_inherited,
@@ -177,13 +190,13 @@ class ProcessManager:
 
     def _signal(self, pid: int, signum: int) -> None:
         try:
-            os.kill(pid, signum)
+            self._send_signal(pid, signum)
         except ProcessLookupError:
             pass  # already gone; the reaper will see it
 
     def enforce_deadlines(self, now: float) -> None:
         """Escalate graceful stops that took too long, and kill jobs past their timeout."""
-        wall = time.time()
+        wall = self._wall()
         for process in list(self.jobs.processes()):
             if process.kill_at is not None and now >= process.kill_at:
                 self.kill(process, f"still running {self._graceful_timeout():g}s after "
@@ -223,7 +236,7 @@ class ProcessManager:
             job.counters.add(self.scoreboard.counters(process.slot))
             self.scoreboard.release(process.slot)
             self._fold(job, view)
-            self._after_exit(job, process, view, status, now)
+            self.account_exit(job, process, view, status, now)
         return count
 
     @staticmethod
@@ -235,8 +248,10 @@ class ProcessManager:
             job.last_error = view.last_error
             job.last_error_msg = view.last_error_msg
 
-    def _after_exit(self, job: Job, process: Process, view: SlotView, status: int,
-                    now: float) -> None:
+    def account_exit(self, job: Job, process: Process, view: SlotView, status: int,
+                     now: float) -> None:
+        """An exited process of `job`: a failed start (and its backoff), or replaced at once;
+        counted as recycled for its reason."""
         how = describe_status(status)
         if process.stopping:
             log.info("process %d of %s exited (%s; %s)", process.pid, job.name,

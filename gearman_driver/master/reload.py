@@ -140,11 +140,12 @@ def _apply(driver: Driver, prepared: _Prepared) -> None:
     driver.settings = new
     restart = {name for name, spec in new_specs.items()
                if _restart_needed(driver.jobs[name].spec, spec, old, new)}
+    assert driver.processes is not None
     for name, spec in new_specs.items():
         job = driver.jobs[name]
         job.spec = spec
         job.min_processes, job.max_processes = spec.min_processes, spec.max_processes
-        job.failed_starts, job.next_start_at = 0, 0.0
+        driver.processes.forget_failures(job)
     if restart:
         driver.rolling_restart(sorted(restart))
     if prepared.log_handler is not None:
@@ -160,7 +161,7 @@ def _apply(driver: Driver, prepared: _Prepared) -> None:
 def _follow_settings(driver: Driver, old: Settings) -> None:
     """After a reload: follow a new server list, console and metrics address."""
     new = driver.settings
-    if (old.server, old.interval) != (new.server, new.interval) and driver.autoscaler:
+    if driver.autoscaler is not None:
         driver.autoscaler.configure(new)
     for attr, keys in (("console", ("console_port", "console_host", "console_socket")),
                        ("metrics", ("metrics_port", "metrics_host"))):

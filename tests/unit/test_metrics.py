@@ -12,15 +12,21 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gearman_driver.api import Worker
-from gearman_driver.jobs.table import JobSpec, JobTable, MethodSpec, Process
+from gearman_driver.jobs.options import JobOptions
+from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec, Process
 from gearman_driver.master.looplag import LoopLag
 from gearman_driver.master.metrics import MetricsSource, exposition, make_registry
 from gearman_driver.master.observer import FunctionStatus, Snapshot
 from gearman_driver.master.processes import ProcessManager
+from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import MAX_FUNCTIONS, Counters, Scoreboard, function_slot
 from tests.gearmand_util import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def no_limits(job: Job) -> JobOptions:
+    return JobOptions("native", 0, 0, 0.0, DEFAULT_MAX_PACKET, None)
 
 
 def body(job: object, workload: bytes) -> bytes:
@@ -173,9 +179,8 @@ def one_job_manager() -> tuple[Scoreboard, JobTable, ProcessManager]:
     """A ProcessManager over a job "solo"; the tests fork its processes themselves."""
     board = Scoreboard(2)
     jobs = job_table(spec("solo", ["s.one"]))
-    manager = ProcessManager(jobs, board, servers=lambda: [], backend=lambda job: "native",
-                             graceful_timeout=lambda: 5.0, max_jobs=lambda job: (0, 0),
-                             close_inherited=lambda: None)
+    manager = ProcessManager(jobs, board, servers=lambda: [], options=no_limits,
+                             graceful_timeout=lambda: 5.0, close_inherited=lambda: None)
     return board, jobs, manager
 
 
@@ -212,9 +217,8 @@ def test_a_process_that_recycled_itself_over_max_rss_mb_is_counted_so() -> None:
     board = Scoreboard(2)
     jobs = job_table(spec("solo", ["s.one"]))
     solo = jobs["solo"]
-    manager = ProcessManager(jobs, board, servers=lambda: [], backend=lambda job: "native",
-                             graceful_timeout=lambda: 1.0, max_jobs=lambda job: (0, 0),
-                             close_inherited=lambda: None)
+    manager = ProcessManager(jobs, board, servers=lambda: [], options=no_limits,
+                             graceful_timeout=lambda: 1.0, close_inherited=lambda: None)
     slot = board.allocate()
     pid = os.fork()
     if pid == 0:

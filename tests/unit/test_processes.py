@@ -1,0 +1,146 @@
+"""The process manager's accounting without forking: failed starts and their backoff,
+recycling reasons, and the deadlines it enforces (signals go to a recorder, not to pids)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+from gearman_driver.jobs.options import JobOptions
+from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec, Process
+from gearman_driver.master.processes import (
+    BACKOFF_CAP,
+    FAILED_START_WINDOW,
+    POISON_BACKOFF_BASE,
+    ProcessManager,
+)
+from gearman_driver.protocol import DEFAULT_MAX_PACKET
+from gearman_driver.scoreboard import Scoreboard
+
+EXITED_0, EXITED_1, KILLED = 0, 1 << 8, signal.SIGKILL
+
+
+class Rig:
+    def __init__(self, timeout: float | None = None, graceful: float = 30.0) -> None:
+        self.jobs = JobTable()
+        self.job = self.jobs.add(JobSpec("resize", object(), "t.Images",  # type: ignore[arg-type]
+                                         (MethodSpec("resize", lambda job, data: data),), 1, 4,
+                                         timeout=timeout))
+        self.board = Scoreboard(8)
+        self.signals: list[tuple[int, int]] = []
+        self.wall = [10_000.0]
+        options: Callable[[Job], JobOptions] = lambda job: JobOptions(  # noqa: E731
+            "native", 0, 0, 0.0, DEFAULT_MAX_PACKET, job.spec.timeout)
+        self.manager = ProcessManager(
+            self.jobs, self.board, servers=lambda: [], options=options,
+            graceful_timeout=lambda: graceful, close_inherited=lambda: None,
+            send_signal=lambda pid, signum: self.signals.append((pid, signum)),
+            wall=lambda: self.wall[0])
+        self.next_pid = 500
+
+    def process(self, started: float = 0.0, *, delivered: int = 0, busy: bool = False,
+                handle: bytes = b"H:1") -> Process:
+        self.next_pid += 1
+        slot = self.board.allocate()
+        writer = self.board.child_writer(slot)
+        writer.ready(self.next_pid)
+        for _ in range(delivered):
+            writer.job_started(handle)
+            writer.job_finished(None)
+            writer.result_sent(True)
+        if busy:
+            writer.job_started(handle)
+        process = Process(self.next_pid, slot, "resize", started)
+        self.jobs.add_process(self.job, process)
+        return process
+
+    def exit(self, process: Process, status: int, now: float) -> None:
+        """What reap does once waitpid returned this process."""
+        self.jobs.remove_process(process.pid)
+        view = self.board.read(process.slot)
+        self.board.release(process.slot)
+        self.manager.account_exit(self.job, process, view, status, now)
+
+
+def test_an_early_exit_without_a_result_backs_off_exponentially_up_to_the_cap() -> None:
+    rig = Rig()
+    delays = []
+    for attempt in range(9):
+        now = 100.0 * (attempt + 1)
+        rig.exit(rig.process(now), EXITED_1, now + 0.5)
+        delays.append(rig.job.next_start_at - (now + 0.5))
+    assert delays == [1, 2, 4, 8, 16, 32, BACKOFF_CAP, BACKOFF_CAP, BACKOFF_CAP]
+    assert rig.job.failed_starts == 9 == rig.job.failed_starts_total
+    assert not rig.manager.can_start(rig.job, rig.job.next_start_at - 0.01)
+    assert rig.manager.can_start(rig.job, rig.job.next_start_at)
+
+
+def test_a_death_holding_a_job_is_a_failed_start_at_any_age_counted_per_handle() -> None:
+    rig = Rig()
+    rig.exit(rig.process(0.0, delivered=5, busy=True, handle=b"H:poison"), KILLED, 1000.0)
+    assert rig.job.failed_starts == 1
+    assert rig.job.next_start_at == 1000.0 + POISON_BACKOFF_BASE
+    assert "holding job H:poison" in rig.job.last_error_msg
+    rig.manager.note_working(rig.job, rig.board.read(rig.process(1000.0, delivered=1).slot))
+    assert rig.job.failed_starts == 0  # a healthy sibling delivered ...
+    rig.exit(rig.process(1001.0, busy=True, handle=b"H:poison"), KILLED, 1002.0)
+    # ... but the same poison handle still counts its second death
+    assert rig.job.next_start_at == 1002.0 + 2 * POISON_BACKOFF_BASE
+
+
+def test_a_process_that_worked_and_died_idle_is_replaced_at_once() -> None:
+    rig = Rig()
+    rig.job.failed_starts, rig.job.next_start_at = 2, 50.0
+    rig.exit(rig.process(0.0, delivered=3), KILLED, FAILED_START_WINDOW + 1)
+    assert (rig.job.failed_starts, rig.job.next_start_at) == (0, 0.0)
+    assert rig.job.recycled_total == {"died": 1}
+
+
+def test_a_late_exit_without_a_result_is_not_a_failed_start() -> None:
+    rig = Rig()
+    rig.exit(rig.process(0.0), EXITED_1, FAILED_START_WINDOW + 0.1)
+    assert rig.job.failed_starts == 0
+
+
+def test_exits_the_master_asked_for_count_by_their_cause() -> None:
+    rig = Rig()
+    for cause in ("reload", "console kill", "idle"):
+        process = rig.process(0.0)
+        rig.manager.stop(process, cause, now=1.0)
+        rig.exit(process, EXITED_0, 2.0)
+    assert rig.job.recycled_total == {"reload": 1, "console": 1}  # idle is no recycling
+    assert rig.job.failed_starts == 0
+
+
+def test_a_graceful_stop_is_a_sigterm_then_a_sigkill_past_graceful_timeout() -> None:
+    rig = Rig(graceful=30.0)
+    process = rig.process(0.0)
+    rig.manager.stop(process, "idle", now=100.0)
+    rig.manager.stop(process, "idle", now=101.0)  # asked once only
+    assert rig.signals == [(process.pid, signal.SIGTERM)]
+    rig.manager.enforce_deadlines(129.9)
+    assert len(rig.signals) == 1
+    rig.manager.enforce_deadlines(130.0)
+    assert rig.signals[-1] == (process.pid, signal.SIGKILL)
+    assert process.stop_reason == "still running 30s after idle" and process.cause == "idle"
+
+
+def test_a_job_over_its_timeout_is_killed_and_counted() -> None:
+    rig = Rig(timeout=5.0)
+    process = rig.process(0.0, busy=True)
+    started = rig.board.read(process.slot).job_started
+    rig.wall[0] = started + 4.9
+    rig.manager.enforce_deadlines(1.0)
+    assert rig.signals == []
+    rig.wall[0] = started + 5.1
+    rig.manager.enforce_deadlines(2.0)
+    assert rig.signals == [(process.pid, signal.SIGKILL)]
+    assert rig.job.timeouts_total == 1 and process.cause == "job timeout"
+
+
+def test_a_reload_forgets_the_failures_of_a_job() -> None:
+    rig = Rig()
+    rig.exit(rig.process(0.0), EXITED_1, 0.5)
+    rig.manager.forget_failures(rig.job)
+    assert (rig.job.failed_starts, rig.job.next_start_at) == (0, 0.0)
+    assert rig.job.failed_starts_total == 1  # the metric keeps counting
