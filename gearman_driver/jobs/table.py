@@ -82,6 +82,7 @@ class Job:
     last_error: float = 0.0
     last_error_msg: str = ""
     failed_starts: int = 0  # in a row; reset by a process that works
+    last_failed_start: float = 0.0  # monotonic; a result delivered after it ends the streak
     next_start_at: float = 0.0  # monotonic; backoff after failed starts
     lost_by_handle: dict[str, int] = field(default_factory=dict)  # deaths per job handle
     # Totals since the master started, for the metrics (live processes add their slots).

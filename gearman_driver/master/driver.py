@@ -191,7 +191,11 @@ class Driver:
         assert self.selector is not None and self.processes is not None
         if self.loop_lag is not None:
             self.loop_lag.turn(time.monotonic())
-        for key, mask in self.selector.select(TURN_SECONDS):
+        wait = TURN_SECONDS
+        due = self.processes.next_start_due(time.monotonic())
+        if due is not None:
+            wait = min(wait, max(0.0, due - time.monotonic()))
+        for key, mask in self.selector.select(wait):
             key.data(mask)
         now = time.monotonic()
         self.processes.reap(now)

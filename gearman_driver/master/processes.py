@@ -101,6 +101,16 @@ class ProcessManager:
     def can_start(self, job: Job, now: float) -> bool:
         return now >= job.next_start_at and now >= self._retry_starts_at
 
+    def next_start_due(self, now: float) -> float | None:
+        """When the earliest backed-off start may happen (None: none is waiting).
+
+        The loop wakes then rather than at its next event: otherwise deaths that come faster
+        than its turns (a kill -9 storm) each push the start back and starve the job."""
+        due = [job.next_start_at for job in self.jobs.values() if job.next_start_at > now]
+        if self._retry_starts_at > now:
+            due.append(self._retry_starts_at)
+        return min(due, default=None)
+
     def _cannot_start(self, job: Job, why: str) -> None:
         """Back every start off; say so once per streak of failures, not once per attempt."""
         self.start_failures += 1
@@ -248,6 +258,18 @@ class ProcessManager:
             job.last_error = view.last_error
             job.last_error_msg = view.last_error_msg
 
+    def _delivered_since(self, job: Job, since: float) -> bool:
+        """Has a live process of `job` sent a result since `since` (monotonic)?
+
+        A streak of failed starts means the job cannot work at all; a sibling's fresh result
+        proves it can, so a kill -9 amid healthy siblings costs one short wait, not a ramp.
+        A poison job still ramps: its handle's own death count is never reset by siblings."""
+        for other in job.processes.values():
+            view = self.scoreboard.read(other.slot)
+            if view.delivered and view.last_job_end_mono > since:
+                return True
+        return False
+
     def account_exit(self, job: Job, process: Process, view: SlotView, status: int,
                      now: float) -> None:
         """An exited process of `job`: a failed start (and its backoff), or replaced at once;
@@ -266,8 +288,11 @@ class ProcessManager:
             # replacing at once would fork as fast as the job kills. Such a process did start,
             # so its backoff ramps from a shorter first step; and the step counts the deaths
             # this very job (handle) caused, which a healthy sibling's results do not reset.
+            if self._delivered_since(job, job.last_failed_start):
+                job.failed_starts = 0  # the job works for its siblings: this failure is new
             job.failed_starts += 1
             job.failed_starts_total += 1
+            job.last_failed_start = now
             steps = job.failed_starts
             if lost and view.handle:
                 steps = max(steps, job.count_lost(view.handle))

@@ -69,7 +69,7 @@ def test_failing_fork_is_logged_once_and_retried_with_backoff(gearmand, open_hom
     driver.wrapper = ["prlimit", f"--nproc={limit}:{limit}", *as_nobody()]
     driver.start()
     try:
-        assert driver.wait_registered(JOB, 2)
+        assert driver.wait_registered(JOB, 2), driver.log()[-2000:]
         assert wait_for(lambda: _failed_fork_lines(driver.log()), 10), driver.log()[-2000:]
         cpu0, t0 = cpu_seconds(driver.pid), time.monotonic()
         polls = 0

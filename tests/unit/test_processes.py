@@ -4,6 +4,7 @@ recycling reasons, and the deadlines it enforces (signals go to a recorder, not 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 
 from gearman_driver.jobs.options import JobOptions
@@ -144,3 +145,59 @@ def test_a_reload_forgets_the_failures_of_a_job() -> None:
     rig.manager.forget_failures(rig.job)
     assert (rig.job.failed_starts, rig.job.next_start_at) == (0, 0.0)
     assert rig.job.failed_starts_total == 1  # the metric keeps counting
+
+
+def deliver(rig: Rig, process: Process) -> None:
+    """`process` sends one more result (stamped with the real monotonic clock, as children do)."""
+    writer = rig.board.child_writer(process.slot)
+    writer.job_started(b"H:ok")
+    writer.job_finished(None)
+    writer.result_sent(True)
+
+
+def kill_holding(rig: Rig, process: Process, handle: bytes) -> float:
+    """SIGKILL `process` while it holds `handle`; the delay before the job's next start."""
+    rig.board.child_writer(process.slot).job_started(handle)
+    now = time.monotonic()
+    rig.exit(process, KILLED, now)
+    return round(rig.job.next_start_at - now, 6)
+
+
+def test_kills_amid_healthy_siblings_cost_one_short_wait_each_not_a_ramp() -> None:
+    rig = Rig()
+    pool = [rig.process(0.0, delivered=1) for _ in range(4)]
+    delays = []
+    for n in range(10):
+        for process in pool:
+            deliver(rig, process)  # the siblings keep working between two kills
+        victim = pool.pop(0)
+        delays.append(kill_holding(rig, victim, f"H:{n}".encode()))
+        pool.append(rig.process(0.0))  # its replacement
+    assert delays == [POISON_BACKOFF_BASE] * 10
+
+
+def test_the_same_handle_dying_again_ramps_while_siblings_deliver() -> None:
+    rig = Rig()
+    pool = [rig.process(0.0, delivered=1) for _ in range(4)]
+    delays = []
+    for _ in range(6):
+        for process in pool:
+            deliver(rig, process)
+        delays.append(kill_holding(rig, pool.pop(0), b"H:poison"))
+        pool.append(rig.process(0.0))
+    assert delays == [POISON_BACKOFF_BASE * 2 ** k for k in range(6)]
+
+
+def test_deaths_with_no_result_delivered_in_between_ramp() -> None:
+    rig = Rig()
+    pool = [rig.process(0.0, delivered=1) for _ in range(4)]  # results from before the streak
+    delays = [kill_holding(rig, pool.pop(0), f"H:{n}".encode()) for n in range(4)]
+    assert delays == [POISON_BACKOFF_BASE * 2 ** k for k in range(4)]
+
+
+def test_the_loop_is_told_when_a_backed_off_start_is_due() -> None:
+    rig = Rig()
+    assert rig.manager.next_start_due(100.0) is None
+    rig.exit(rig.process(99.0), EXITED_1, 100.0)  # a failed start: next one in 1 s
+    assert rig.manager.next_start_due(100.0) == 101.0
+    assert rig.manager.next_start_due(101.0) is None  # due now: nothing left to wait for
