@@ -356,8 +356,9 @@ check.
    with every death of the same job handle: 5–6 forks in 5 s, then at most one a minute.
 6. **A job that ignored or blocked SIGTERM left an orphan serving jobs after kill -9 of the
    master**, and **a process forked by a job kept the worker registered at gearmand after the
-   worker exited** — `tests/faults/test_orphans.py`. A thread in each child now watches the
-   master and SIGKILLs the child `graceful_timeout` after its death; `os.register_at_fork`
+   worker exited** — `tests/faults/test_orphans.py`. On the master's death each child now gets
+   a signal of its own (`SIGRTMIN` via `PR_SET_PDEATHSIG`, not the SIGTERM a job may ignore) and
+   forks a guard that SIGKILLs it `graceful_timeout` later; `os.register_at_fork`
    closes the worker's sockets in processes its jobs fork.
 7. **A workload over the native backend's 256 MiB packet limit was a connection-drop loop**
    (gearmand handed it out again ~11 times a second, for ever under `--job-retries=0`) —

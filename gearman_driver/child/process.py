@@ -13,8 +13,6 @@ import select
 import signal
 import socket
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -35,6 +33,8 @@ from gearman_driver.scoreboard import SlotWriter, function_slot
 log = logging.getLogger("gearman_driver.child")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+#: PR_SET_PDEATHSIG's signal: the master died. Not SIGTERM, which a job may ignore or block.
+ORPHAN_SIGNAL = signal.SIGRTMIN
 PR_SET_PDEATHSIG = 1
 
 
@@ -107,7 +107,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     return run
 
 
-def set_parent_death_signal(master_pid: int, signum: int = signal.SIGTERM) -> None:
+def set_parent_death_signal(master_pid: int, signum: int) -> None:
     """Get `signum` when the master dies, even by SIGKILL; exit now if it already has."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -118,26 +118,28 @@ def set_parent_death_signal(master_pid: int, signum: int = signal.SIGTERM) -> No
         os._exit(0)
 
 
-def watch_master(master_pid: int, alive_fd: int | None, graceful_timeout: float,
-                 orphaned: Callable[[], None]) -> None:
-    """Outlive the master by at most `graceful_timeout`, whatever the job does with signals.
+def kill_me_later(seconds: float) -> None:
+    """SIGKILL this process `seconds` from now unless it exits first, whatever it then does
+    with its signals: a forked guard waits on a pidfd of ours (no pid reuse race) and exits.
 
-    PR_SET_PDEATHSIG's SIGTERM asks for a graceful stop, but a job may ignore or block it.
-    This thread notices the master's death itself (EOF on a pipe only the master holds open
-    for writing, or a new parent: checked every second), calls `orphaned` (take no new job),
-    and SIGKILLs the process `graceful_timeout` later, which no Python code can ignore. (A C
-    extension that holds the GIL that long delays it.)"""
-    def watch() -> None:
-        poller = select.poll()
-        if alive_fd is not None:
-            poller.register(alive_fd, select.POLLIN)
-        while os.getppid() == master_pid and not poller.poll(1000):
-            pass  # nothing is ever written: poll returns only at EOF
-        orphaned()
-        time.sleep(graceful_timeout)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="master-watch", daemon=True).start()
+    A thread would do it without a fork, but would cost every worker a second task (pids
+    cgroups and RLIMIT_NPROC count threads) and a malloc arena; this runs only once the
+    master is gone. The guard's copy of our gearmand sockets is closed by the fork hook."""
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        if os.fork() == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for signum in (*STOP_SIGNALS, ORPHAN_SIGNAL):
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                ready, _, _ = select.select([pidfd], [], [], seconds)
+                if not ready:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os._exit(0)
+    finally:
+        os.close(pidfd)
 
 
 def run_child(
@@ -152,13 +154,12 @@ def run_child(
     close_inherited: Callable[[], None],
     max_rss_mb: float = 0.0,
     max_workload: int = DEFAULT_MAX_PACKET,
-    alive_fd: int | None = None,
 ) -> NoReturn:
     """Become a worker process for `spec`; never returns."""
     code = 0
     try:
         close_inherited()
-        stop = [False]
+        stop = [False, False]  # stop taking jobs; orphaned (the master is gone)
 
         def request_stop(signum: int, frame: object) -> None:
             stop[0] = True
@@ -170,7 +171,16 @@ def run_child(
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        set_parent_death_signal(master_pid)
+        def orphaned(signum: int, frame: object) -> None:
+            if stop[1]:
+                return
+            stop[0] = stop[1] = True  # take no new job; the one in hand may finish
+            log.warning("the master (pid %d) is gone: taking no new job, exiting within %gs",
+                        master_pid, graceful_timeout)
+            kill_me_later(graceful_timeout)
+
+        signal.signal(ORPHAN_SIGNAL, orphaned)
+        set_parent_death_signal(master_pid, ORPHAN_SIGNAL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
         pid = os.getpid()
@@ -212,16 +222,6 @@ def run_child(
         # a process a job forks must not keep our gearmand connections open after we exit
         os.register_at_fork(after_in_child=backend.forget_connections)
 
-        def orphaned() -> None:
-            stop[0] = True
-            log.warning("the master (pid %d) is gone: taking no new job, exiting within %gs",
-                        master_pid, graceful_timeout)
-            try:
-                os.write(wakeup_write, b"\0")  # wake the backend's loop to see the stop
-            except OSError:
-                pass  # pipe full or closed by a job: the loop polls should_stop anyway
-
-        watch_master(master_pid, alive_fd, graceful_timeout, orphaned)
         backend.run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

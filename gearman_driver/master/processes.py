@@ -79,8 +79,6 @@ class ProcessManager:
         self._close_inherited = close_inherited
         self._send_signal = send_signal
         self._wall = wall  # the clock of the scoreboard's job_started (a job's timeout)
-        # only the master holds the write end: children see EOF on the read end when it dies
-        self._alive_read, self._alive_write = os.pipe2(os.O_CLOEXEC)
         self.master_pid = os.getpid()
         self.start_failures = 0  # starts in a row that could not fork (or found no slot)
         self._retry_starts_at = 0.0
@@ -143,7 +141,6 @@ class ProcessManager:
         try:
             pid = os.fork()
             if pid == 0:
-                os.close(self._alive_write)
                 run_child(
                     job.spec,
                     servers=self._servers(),
@@ -155,7 +152,6 @@ class ProcessManager:
                     close_inherited=self._close_inherited,
                     max_rss_mb=max_rss_mb,
                     max_workload=max_workload,
-                    alive_fd=self._alive_read,
                 )
         except OSError as exc:
             self.scoreboard.release(slot)
