@@ -76,8 +76,8 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
     (
         '`test_gearmand_frozen.py`',
         'gearmand SIGSTOPped for 10 s; console `status` polled every 0.5 s with a 1 s '
-        'timeout; one worker SIGKILLed 2 s into the freeze; SIGCONT in a `finally`; then '
-        'a burst of 16 one-second jobs.',
+        'timeout; one worker (that has delivered a job) SIGKILLed once the master has found '
+        'the frozen gearmand down; SIGCONT in a `finally`; then a burst of 16 one-second jobs.',
         'every poll answered; the killed worker replaced while gearmand was still '
         'stopped; after SIGCONT the job grows from 1 to at least 4 processes and drains',
     ),
@@ -109,8 +109,10 @@ SCENARIO_ROWS: list[tuple[str, str, str]] = [
     ),
     (
         '`test_poison_job.py` (2)',
-        "the same poison job under gearmand's default `--job-retries=0`, watched for 5 s.",
-        'at most 10 processes started: fails today (bug 4); the figure shows the fork rate',
+        "the same poison job under gearmand's default `--job-retries=0`, watched until the "
+        'sixth death in a row.',
+        'one process started per death, 6 when the sixth backs the next start off by 3.2 s; '
+        'the figure shows the fork rate',
     ),
     (
         '`test_undelivered.py`',

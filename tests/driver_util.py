@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -162,10 +161,6 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 60.0
     """Run `gearman-driver` to completion (e.g. --check-config) and capture its output."""
     return subprocess.run([sys.executable, "-m", "gearman_driver.cli", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
-
-
-def settle(seconds: float) -> None:
-    time.sleep(seconds)
 
 
 class NotifySocket:

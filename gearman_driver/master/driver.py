@@ -33,15 +33,18 @@ from gearman_driver.jobs.options import JobOptions, effective_options
 from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec
 from gearman_driver.logs import reopen_logfile
 from gearman_driver.master.autoscaler import Autoscaler
+from gearman_driver.master.endpoints import Endpoints
 from gearman_driver.master.processes import ProcessManager
 from gearman_driver.master.readiness import Readiness
-from gearman_driver.master.reload import ReloadOutcome
+from gearman_driver.master.reload_plan import ReloadOutcome
 from gearman_driver.master.systemd import Notifier
 from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard
 from gearman_driver.version import __version__
 
 if TYPE_CHECKING:
     from gearman_driver.console.control import DriverControl
+    from gearman_driver.master.looplag import LoopLag
+    from gearman_driver.master.metrics import MetricsSource
     from gearman_driver.master.trial import Trial
 
 log = logging.getLogger("gearman_driver")
@@ -74,9 +77,7 @@ class Driver:
         self._gc = gcpolicy.MasterCollection(time.monotonic())
         self.selector: selectors.BaseSelector | None = None
         self.autoscaler: Autoscaler | None = None
-        self.console: Any = None
-        self.metrics: Any = None  # the metrics endpoint, when metrics_port is set
-        self.loop_lag: Any = None  # fed only while there is a metrics endpoint to read it
+        self.endpoints: Endpoints | None = None  # the console and the metrics endpoint
         self.reloads = {"ok": 0, "failed": 0}
         self.scoreboard: Scoreboard | None = None
         self.processes: ProcessManager | None = None
@@ -176,7 +177,7 @@ class Driver:
                 if self._stopping and not any(j.processes for j in self.jobs.values()):
                     break
                 if self._reexec and not any(j.processes for j in self.jobs.values()):
-                    from gearman_driver.master.reload import hold_signals, reexec
+                    from gearman_driver.master.reexec import hold_signals, reexec
 
                     hold_signals(HANDLED_SIGNALS, self._wakeup[0] if self._wakeup else None)
                     self._close()
@@ -189,8 +190,8 @@ class Driver:
 
     def _turn(self) -> None:
         assert self.selector is not None and self.processes is not None
-        if self.loop_lag is not None:
-            self.loop_lag.turn(time.monotonic())
+        if self.endpoints is not None and self.endpoints.loop_lag is not None:
+            self.endpoints.loop_lag.turn(time.monotonic())
         wait = TURN_SECONDS
         due = self.processes.next_start_due(time.monotonic())
         if due is not None:
@@ -212,8 +213,8 @@ class Driver:
                 self._check_ready(now)
         self.processes.enforce_deadlines(now)
         self.autoscaler.tick(now, polling=active)
-        for server in self._servers():
-            server.tick(now)
+        if self.endpoints is not None:
+            self.endpoints.tick(now)
         self.notifier.tick(now, self.status_text)
         self._gc.tick(now)
 
@@ -228,7 +229,7 @@ class Driver:
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, _noop_handler)
-        # a re-executed master starts with them blocked (see reload.hold_signals): now they come
+        # a re-executed master starts with them blocked (see reexec.hold_signals): now they come
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.selector.register(read_fd, selectors.EVENT_READ, self._on_signal_pipe)
         self.scoreboard = Scoreboard(MAX_PROCESSES)
@@ -244,41 +245,9 @@ class Driver:
             self.jobs, self.scoreboard, self.processes, self.selector, self.settings,
             driver_id=self.driver_id,
             on_unknown=(lambda info: callback(self, info)) if callback is not None else None)
-        self.open_console()
-        self.open_metrics()
-
-    def open_metrics(self) -> None:
-        if self.settings.metrics_port:  # else not even imported: metrics off costs nothing
-            from gearman_driver.master.looplag import LoopLag
-            from gearman_driver.master.metrics import MetricsSource, open_endpoint
-
-            assert self.selector is not None
-            loop_lag = self.loop_lag = self.loop_lag or LoopLag(TURN_SECONDS)
-            source = MetricsSource(
-                jobs=self.jobs, scoreboard=lambda: self.scoreboard,
-                snapshot=lambda: self.autoscaler.snapshot if self.autoscaler else None,
-                backend=lambda: self.settings.worker_backend, reloads=self.reloads,
-                loop_lag=lambda: loop_lag.value(time.monotonic()))
-            self.metrics = open_endpoint(source, self.selector, self.settings.metrics_host,
-                                         self.settings.metrics_port)
-
-    def open_console(self) -> None:
-        if not self.settings.console_port and not self.settings.console_socket:
-            return
-        try:
-            from gearman_driver.console.server import ConsoleServer
-        except ImportError:  # pragma: no cover - console module not installed
-            return
-        from gearman_driver.peercred import resolve_users
-
-        assert self.selector is not None
-        self.console = ConsoleServer(
-            self.console_control(), self.selector, host=self.settings.console_host,
-            port=self.settings.console_port or None,
-            socket_path=self.settings.console_socket,
-            allowed_uids=resolve_users(self.settings.console_allow_users),
-        )
-        self.console.open()
+        self.endpoints = Endpoints(self.selector, TURN_SECONDS, control=self.console_control,
+                                   metrics_source=self._metrics_source)
+        self.endpoints.open(self.settings)
 
     def console_control(self) -> DriverControl:
         """What the console's commands may read and do: the job table, stops, reload."""
@@ -288,9 +257,22 @@ class Driver:
         return DriverControl(self.jobs, self.scoreboard, stop=self.processes.stop,
                              shutdown=self.shutdown, request_reload=self.request_reload)
 
-    def _servers(self) -> list[Any]:
-        """The console and the metrics endpoint, those that are open."""
-        return [server for server in (self.console, self.metrics) if server is not None]
+    def _metrics_source(self, loop_lag: LoopLag) -> MetricsSource:
+        """What a scrape reads: the job table, the scoreboard, the last snapshot, counters."""
+        from gearman_driver.master.metrics import MetricsSource
+
+        return MetricsSource(
+            jobs=self.jobs, scoreboard=lambda: self.scoreboard,
+            snapshot=lambda: self.autoscaler.snapshot if self.autoscaler else None,
+            backend=lambda: self.settings.worker_backend, reloads=self.reloads,
+            loop_lag=lambda: loop_lag.value(time.monotonic()))
+
+    def follow_settings(self, old: Settings) -> None:
+        """After a reload: a new server list or interval, console and metrics address."""
+        if self.autoscaler is not None:
+            self.autoscaler.configure(self.settings)
+        if self.endpoints is not None:
+            self.endpoints.follow(old, self.settings)
 
     def close_in_child(self) -> None:
         """Right after fork: drop the master's sockets, pipes and signal set-up."""
@@ -302,8 +284,8 @@ class Driver:
                 os.close(fd)
         if self.autoscaler is not None:
             self.autoscaler.close_in_child()
-        for server in self._servers():
-            server.close_in_child()
+        if self.endpoints is not None:
+            self.endpoints.close_in_child()
         if self.selector is not None:
             try:
                 self.selector.close()
@@ -321,8 +303,8 @@ class Driver:
             while any(j.processes for j in self.jobs.values()) and time.monotonic() < deadline:
                 self.processes.reap(time.monotonic())
                 time.sleep(0.01)
-        for server in self._servers():
-            server.close()
+        if self.endpoints is not None:
+            self.endpoints.close()
         if self.autoscaler is not None:
             self.autoscaler.close()
         signal.set_wakeup_fd(-1)

