@@ -356,6 +356,7 @@ class Driver:
         Everyone who asked for this reload (console `reload`, `gearman-driver reload`) is told."""
         self.reloads["ok" if error is None else "failed"] += 1
         self.reload_outcome = ReloadOutcome(error is None, error or "", time.time())
+        self.notifier.status(self.status_text())  # now, not at the next STATUS refresh
         waiters, self._current_waiters = self._current_waiters, []
         for done in waiters:
             done(error)
