@@ -215,6 +215,30 @@ def check_limits(where: str, minimum: Any, maximum: Any) -> tuple[int, int]:
     return minimum, maximum
 
 
+def method_spec(worker: Worker, where: str, function: str, body: Callable[..., Any],
+                attributes: Mapping[str, Any]) -> MethodSpec:
+    """One Gearman function of a job, with its coders and exception flag checked."""
+    return MethodSpec(function=function, body=body,
+                      encode=coder(worker, where, attributes.get("encode"), "encode"),
+                      decode=coder(worker, where, attributes.get("decode"), "decode"),
+                      exceptions=exceptions_flag(where, attributes.get("exceptions")))
+
+
+def added_job_spec(name: str, worker: Worker, methods: Sequence[Mapping[str, Any]],
+                   min_processes: Any, max_processes: Any) -> JobSpec:
+    """Gearman::Driver's `add_job`: a job without decorators; methods are {"name", "body",
+    "encode", "decode", "exceptions"}, bodies plain functions or bound methods."""
+    where = f"add_job({name})"
+    specs = []
+    for method in methods:
+        body = method["body"]
+        bound = body if getattr(body, "__self__", None) is not None else \
+            body.__get__(worker, type(worker))
+        specs.append(method_spec(worker, where, str(method["name"]), bound, method))
+    minimum, maximum = check_limits(where, min_processes, max_processes)
+    return JobSpec(name, worker, class_path(type(worker)), tuple(specs), minimum, maximum)
+
+
 def job_specs(worker: Worker) -> list[JobSpec]:
     """The jobs one worker object yields: one per method, or one per process group."""
     cls = type(worker)
@@ -253,16 +277,9 @@ def job_specs(worker: Worker) -> list[JobSpec]:
             if not callable(getattr(worker, name)):
                 raise LoadError(f"{path}.{name}: an instance attribute {name!r} hides the "
                                 f"@job method of that name")
-        methods = tuple(
-            MethodSpec(
-                function=prefix + name,
-                body=getattr(worker, name),
-                encode=coder(worker, f"{path}.{name}", attrs.get("encode"), "encode"),
-                decode=coder(worker, f"{path}.{name}", attrs.get("decode"), "decode"),
-                exceptions=exceptions_flag(f"{path}.{name}", attrs.get("exceptions")),
-            )
-            for name, attrs, _ in members
-        )
+        methods = tuple(method_spec(worker, f"{path}.{name}", prefix + name,
+                                    getattr(worker, name), attrs)
+                        for name, attrs, _ in members)
         specs.append(JobSpec(
             name=prefix + key, worker=worker, class_path=path, methods=methods,
             min_processes=minimum, max_processes=maximum,

@@ -21,16 +21,9 @@ from gearman_driver.api import Worker
 from gearman_driver.child.backends import backend_class
 from gearman_driver.child.process import host_label
 from gearman_driver.config.settings import Settings, load_settings
-from gearman_driver.jobs.loader import (
-    Wanted,
-    check_limits,
-    coder,
-    exceptions_flag,
-    load_configured,
-    module_stamps,
-)
+from gearman_driver.jobs.loader import Wanted, added_job_spec, load_configured, module_stamps
 from gearman_driver.jobs.options import JobOptions, effective_options
-from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec
+from gearman_driver.jobs.table import Job, JobTable
 from gearman_driver.logs import reopen_logfile
 from gearman_driver.master.autoscaler import Autoscaler
 from gearman_driver.master.endpoints import Endpoints
@@ -98,22 +91,7 @@ class Driver:
                 min_processes: int = 1, max_processes: int = 1) -> None:
         """Register a job without decorators: methods are {"name", "body", "encode", "decode",
         "exceptions"}."""
-        specs = []
-        for method in methods:
-            body = method["body"]
-            bound = body if getattr(body, "__self__", None) is not None else \
-                body.__get__(worker, type(worker))
-            specs.append(MethodSpec(
-                function=str(method["name"]), body=bound,
-                encode=coder(worker, f"add_job({name})", method.get("encode"), "encode"),
-                decode=coder(worker, f"add_job({name})", method.get("decode"), "decode"),
-                exceptions=exceptions_flag(f"add_job({name})", method.get("exceptions")),
-            ))
-        min_processes, max_processes = check_limits(f"add_job({name})", min_processes,
-                                                    max_processes)
-        self.jobs.add(JobSpec(name, worker, f"{type(worker).__module__}."
-                              f"{type(worker).__qualname__}", tuple(specs), min_processes,
-                              max_processes))
+        self.jobs.add(added_job_spec(name, worker, methods, min_processes, max_processes))
 
     def options(self, job: Job) -> JobOptions:
         """The options `job`'s processes start with, under the current settings."""
