@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from gearman_driver.console.commands import JobRow, ProcessRow
+from gearman_driver.console.replies import JobRow, ProcessRow
 from gearman_driver.jobs.table import JobTable, Process
 from gearman_driver.scoreboard import Scoreboard, State
 

@@ -27,13 +27,8 @@ import socket
 import stat
 import time
 
-from gearman_driver.console.commands import (
-    Controller,
-    JobRow,
-    ProcessRow,
-    Reply,
-    handle_line,
-)
+from gearman_driver.console.commands import Controller, Reply, handle_line
+from gearman_driver.console.replies import JobRow, ProcessRow
 from gearman_driver.paths import CannotCreate, describe_path_error, kind_of
 from gearman_driver.peercred import peer_uid
 from gearman_driver.ports import CONSOLE_PORT

@@ -6,14 +6,8 @@ import logging
 
 import pytest
 
-from gearman_driver.console.commands import (
-    COMMANDS,
-    JobRow,
-    format_processes,
-    format_status,
-    handle_line,
-    iso_utc,
-)
+from gearman_driver.console.commands import COMMANDS, handle_line
+from gearman_driver.console.replies import JobRow, format_processes, format_status, iso_utc
 from tests.unit.test_console_support import MemoryController, ProcessRow
 
 LOG = logging.getLogger("test.console")

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gearman_driver.console.server import ConsoleServer, JobRow, ProcessRow
+from gearman_driver.console.replies import JobRow, ProcessRow
+from gearman_driver.console.server import ConsoleServer
 from gearman_driver.streamserver import StreamServer
 
 
