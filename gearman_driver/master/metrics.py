@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import selectors
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, islice
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from gearman_driver.jobs.table import Job
+from gearman_driver.jobs.table import Job, JobSpec
 from gearman_driver.master.metrics_http import MetricsServer
 from gearman_driver.master.observer import Snapshot
 from gearman_driver.master.processes import RECYCLED_FOR
@@ -37,6 +38,15 @@ __all__ = ["DriverCollector", "MetricsSource", "exposition", "make_registry",
 
 _BOUNDS = tuple(f"{bound:g}" for bound in DURATION_BUCKETS) + ("+Inf",)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_PROCESSES, _BUSY = "gearman_driver_processes", "gearman_driver_processes_busy"
+_MIN, _MAX = "gearman_driver_min_processes", "gearman_driver_max_processes"
+_DONE = "gearman_driver_jobs_total"
+_DURATION = "gearman_driver_job_duration_seconds"
+_BUCKET, _COUNT, _SUM = _DURATION + "_bucket", _DURATION + "_count", _DURATION + "_sum"
+_STARTS = "gearman_driver_process_starts_total"
+_FAILED = "gearman_driver_failed_starts_total"
+_TIMEOUTS = "gearman_driver_job_timeouts_total"
+_RECYCLED = "gearman_driver_recycled_total"
 
 
 @dataclass
@@ -51,11 +61,45 @@ class MetricsSource:
     loop_lag: Callable[[], float]
 
 
+@dataclass(frozen=True, slots=True)
+class _JobLabels:
+    """The label sets of one job's samples, made once per job spec and shared by every scrape
+    (prometheus_client only reads them): 1,700 of them per scrape at 50 jobs."""
+
+    spec: JobSpec
+    job: dict[str, str]
+    outcomes: tuple[dict[str, str], ...]  # (complete, failed) per function, as counted
+    buckets: tuple[dict[str, str], ...]
+    recycled: tuple[dict[str, str], ...]  # in RECYCLED_FOR's order
+
+    @property
+    def width(self) -> int:
+        """How many of a slot's counters the job uses: the sum, buckets, its outcomes."""
+        return 1 + len(self.buckets) + len(self.outcomes)
+
+    @classmethod
+    def of(cls, name: str, spec: JobSpec) -> _JobLabels:
+        functions = list(spec.functions)
+        if len(functions) > MAX_FUNCTIONS:  # the scoreboard counts the rest together
+            functions = functions[:MAX_FUNCTIONS - 1] + ["_other"]
+        return cls(
+            spec, {"job_name": name},
+            tuple({"job_name": name, "function": function, "result": result}
+                  for function in functions for result in ("complete", "failed")),
+            tuple({"job_name": name, "le": bound} for bound in _BOUNDS),
+            tuple({"job_name": name, "reason": reason} for reason in RECYCLED_FOR))
+
+
 class DriverCollector(Collector):
-    """Yields the gearman_driver_* families from the master's state at scrape time."""
+    """Yields the gearman_driver_* families from the master's state at scrape time.
+
+    The per-job samples go in through `Metric.add_sample` with label dicts cached per job:
+    `add_metric` would build a dict per sample (and per histogram bucket), the largest part
+    of this collector's cost."""
 
     def __init__(self, source: MetricsSource) -> None:
         self.source = source
+        self._labels: dict[str, _JobLabels] = {}
 
     def collect(self) -> Iterator[Metric]:
         source = self.source
@@ -84,52 +128,69 @@ class DriverCollector(Collector):
 
     def _jobs(self, jobs: Mapping[str, Job], board: Scoreboard | None) -> Iterator[Metric]:
         label = ["job_name"]
-        processes = GaugeMetricFamily("gearman_driver_processes", "Processes of the job",
+        processes = GaugeMetricFamily(_PROCESSES, "Processes of the job",
                                       labels=label)
-        busy = GaugeMetricFamily("gearman_driver_processes_busy",
+        busy = GaugeMetricFamily(_BUSY,
                                  "Processes of the job running a job now", labels=label)
-        low = GaugeMetricFamily("gearman_driver_min_processes", "The job's min_processes",
+        low = GaugeMetricFamily(_MIN, "The job's min_processes",
                                 labels=label)
-        high = GaugeMetricFamily("gearman_driver_max_processes", "The job's max_processes",
+        high = GaugeMetricFamily(_MAX, "The job's max_processes",
                                  labels=label)
-        done = CounterMetricFamily("gearman_driver_jobs_total",
+        done = CounterMetricFamily(_DONE,
                                    "Jobs finished, by function and result (complete, failed)",
                                    labels=["job_name", "function", "result"])
-        durations = HistogramMetricFamily("gearman_driver_job_duration_seconds",
+        durations = HistogramMetricFamily(_DURATION,
                                           "How long the job's jobs ran", labels=label)
-        starts = CounterMetricFamily("gearman_driver_process_starts_total",
+        starts = CounterMetricFamily(_STARTS,
                                      "Processes started for the job", labels=label)
-        failed = CounterMetricFamily("gearman_driver_failed_starts_total",
+        failed = CounterMetricFamily(_FAILED,
                                      "Process deaths counted as failed starts (the next start "
                                      "backs off)", labels=label)
-        timeouts = CounterMetricFamily("gearman_driver_job_timeouts_total",
+        timeouts = CounterMetricFamily(_TIMEOUTS,
                                        "Processes killed for running a job past its timeout",
                                        labels=label)
-        recycled = CounterMetricFamily("gearman_driver_recycled_total",
+        recycled = CounterMetricFamily(_RECYCLED,
                                        "Processes replaced, by reason",
                                        labels=["job_name", "reason"])
         for name, job in jobs.items():
-            totals = Counters(job.counters.values)
+            labels = self._labels_of(name, job.spec)
             n_busy = 0
+            rows: list[Sequence[float]] = [job.counters.values]
             if board is not None:
                 for process in job.processes.values():
                     n_busy += board.busy(process.slot)
-                    totals.add(board.counters(process.slot))
-            processes.add_metric([name], len(job.processes))
-            busy.add_metric([name], n_busy)
-            low.add_metric([name], job.min_processes)
-            high.add_metric([name], job.max_processes)
-            for function, complete, failures in function_outcomes(job.spec.functions, totals):
-                done.add_metric([name, function, "complete"], complete)
-                done.add_metric([name, function, "failed"], failures)
-            durations.add_metric([name], histogram_buckets(totals.buckets), totals.duration_sum)
-            starts.add_metric([name], job.starts_total)
-            failed.add_metric([name], job.failed_starts_total)
-            timeouts.add_metric([name], job.timeouts_total)
-            for reason in RECYCLED_FOR:  # from zero, so that rate() sees the first
-                recycled.add_metric([name, reason], job.recycled_total.get(reason, 0))
+                    rows.append(board.counters(process.slot))
+            # Summed up to the last function of the job: the rest of the slot is unused.
+            totals = Counters(list(map(sum, islice(zip(*rows, strict=True), labels.width))))
+            one = labels.job
+            processes.add_sample(_PROCESSES, one, len(job.processes))
+            busy.add_sample(_BUSY, one, n_busy)
+            low.add_sample(_MIN, one, job.min_processes)
+            high.add_sample(_MAX, one, job.max_processes)
+            for outcome, count in zip(labels.outcomes, totals.outcomes, strict=True):
+                done.add_sample(_DONE, outcome, count)
+            cumulative = list(accumulate(totals.buckets))
+            for bound, count in zip(labels.buckets, cumulative, strict=True):
+                durations.add_sample(_BUCKET, bound, count)
+            durations.add_sample(_COUNT, one, cumulative[-1])
+            durations.add_sample(_SUM, one, totals.duration_sum)
+            starts.add_sample(_STARTS, one, job.starts_total)
+            failed.add_sample(_FAILED, one, job.failed_starts_total)
+            timeouts.add_sample(_TIMEOUTS, one, job.timeouts_total)
+            counts = job.recycled_total
+            for reason, reason_labels in zip(RECYCLED_FOR, labels.recycled, strict=True):
+                recycled.add_sample(_RECYCLED, reason_labels, counts.get(reason, 0))
         yield from (processes, busy, low, high, done, durations, starts, failed, timeouts,
                     recycled)
+
+    def _labels_of(self, name: str, spec: JobSpec) -> _JobLabels:
+        cached = self._labels.get(name)
+        if cached is None or cached.spec is not spec:
+            if len(self._labels) > 2 * len(self.source.jobs):  # forget removed jobs
+                self._labels = {key: value for key, value in self._labels.items()
+                                if key in self.source.jobs}
+            cached = self._labels[name] = _JobLabels.of(name, spec)
+        return cached
 
     @staticmethod
     def _gearmand(snapshot: Snapshot | None) -> Iterator[Metric]:
@@ -149,27 +210,6 @@ class DriverCollector(Collector):
                                   value)
             age.add_metric([], max(0.0, time.monotonic() - snapshot.taken_at))
         yield from (waiting, up, age)
-
-
-def function_outcomes(functions: Iterable[str], totals: Counters
-                      ) -> Iterator[tuple[str, float, float]]:
-    """(function, complete, failed) for each function of a job; past MAX_FUNCTIONS the
-    scoreboard counts them together, reported as function "_other"."""
-    names = list(functions)
-    if len(names) > MAX_FUNCTIONS:
-        names = names[:MAX_FUNCTIONS - 1] + ["_other"]
-    for index, name in enumerate(names):
-        yield name, totals.outcomes[2 * index], totals.outcomes[2 * index + 1]
-
-
-def histogram_buckets(counts: Iterable[float]) -> list[tuple[str, float]]:
-    """Per-bucket counts to Prometheus's cumulative (le, count) pairs."""
-    total = 0.0
-    pairs = []
-    for bound, count in zip(_BOUNDS, counts, strict=True):
-        total += count
-        pairs.append((bound, total))
-    return pairs
 
 
 def _rss(pid: int) -> int:

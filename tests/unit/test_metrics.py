@@ -19,7 +19,13 @@ from gearman_driver.master.metrics import MetricsSource, exposition, make_regist
 from gearman_driver.master.observer import FunctionStatus, Snapshot
 from gearman_driver.master.processes import ProcessManager
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
-from gearman_driver.scoreboard import MAX_FUNCTIONS, Counters, Scoreboard, function_slot
+from gearman_driver.scoreboard import (
+    DURATION_BUCKETS,
+    MAX_FUNCTIONS,
+    Counters,
+    Scoreboard,
+    function_slot,
+)
 from tests.gearmand_util import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -80,7 +86,12 @@ def test_live_slots_and_folded_totals_add_up_per_function_and_result() -> None:
     jobs.add_process(group, Process(102, second, "group", 0.0))
     run_jobs(board, first, [(0, None, 0.001), (0, "ValueError: x", 0.02), (1, None, 7.0)])
     run_jobs(board, second, [(1, None, 0.3)])
-    group.counters.add([1.5] + [0] * 7 + [1] + [0] * 8 + [3, 0, 0, 1] + [0] * 60)
+    folded = Counters.zero()  # of processes gone: 1.5 s, one job of a second, 3 + 1 results
+    buckets = len(folded.buckets)
+    folded.values[0] = 1.5
+    folded.values[1 + DURATION_BUCKETS.index(1.0)] = 1
+    folded.values[1 + buckets:1 + buckets + 4] = [3, 0, 0, 1]
+    group.counters.add(folded.values)
     board.child_writer(second).job_started(b"H:2")  # busy now
 
     samples = scrape(source_for(jobs, board))
