@@ -24,7 +24,7 @@ from typing import Any
 from bench.common import ROOT, Context, Figure, Headline, Section, fmt, progress
 from gearman_driver.api import Worker
 from gearman_driver.jobs.table import JobSpec, JobTable, MethodSpec, Process
-from gearman_driver.master.metrics import MetricsSource, exposition, make_registry
+from gearman_driver.master.metrics import DriverCollector, MetricsSource, exposition, make_registry
 from gearman_driver.master.observer import FunctionStatus, Snapshot
 from gearman_driver.scoreboard import Scoreboard
 
@@ -81,8 +81,9 @@ def scrape_figures(scrapes: int) -> tuple[Figure, Figure, Figure, int]:
     open_ms = Figure("scrape, OpenMetrics (wall)", "ms")
     cpu_ms = Figure("scrape, text format (master CPU)", "ms")
     pids = _idle_children(JOBS * PER_JOB)
+    collector = DriverCollector(_source(pids))
     try:
-        registry = make_registry(_source(pids))
+        registry = make_registry(collector)
         size = len(exposition(registry, "")[0])
         for _ in range(scrapes):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -93,6 +94,7 @@ def scrape_figures(scrapes: int) -> tuple[Figure, Figure, Figure, int]:
             exposition(registry, OPENMETRICS)
             open_ms.add(1e3 * (time.perf_counter() - t0))
     finally:
+        collector.close()
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         for pid in pids:

@@ -7,6 +7,7 @@ Checked after every job, so it must cost next to nothing: the resident size is o
 
 from __future__ import annotations
 
+import errno
 import os
 
 from gearman_driver.jobs.options import MIB
@@ -15,20 +16,32 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class StatmReader:
-    """The resident set size of this process, in bytes."""
+    """The resident set size of one process (this one by default), in bytes, read with one
+    `pread` of its /proc/<pid>/statm on a descriptor kept open until `close`."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | str = "self") -> None:
+        self._path = f"/proc/{pid}/statm"
         self._fd = -1
 
     def rss(self) -> int:
+        """OSError when the process is gone (or its pid now names a stranger we may not read)."""
         for _ in range(2):
             if self._fd < 0:
-                self._fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 return int(os.pread(self._fd, 128, 0).split()[1]) * PAGE_SIZE
-            except (OSError, ValueError, IndexError):  # a job closed our descriptor
+            except OSError as exc:
+                if exc.errno != errno.EBADF:  # the process is gone (its pid may be reused)
+                    os.close(self._fd)
+                self._fd = -1  # (EBADF: a job closed our descriptor)
+            except (ValueError, IndexError):  # a job closed it and opened another file
                 self._fd = -1
-        raise OSError("cannot read /proc/self/statm")
+        raise OSError(f"cannot read {self._path}")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class Recycler:

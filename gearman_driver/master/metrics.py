@@ -10,6 +10,7 @@ labels and help texts, not formatting. Imported only when ``metrics_port`` is se
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from gearman_driver.child.recycle import StatmReader
 from gearman_driver.jobs.table import Job, JobSpec
 from gearman_driver.master.metrics_http import MetricsServer
 from gearman_driver.master.observer import Snapshot
@@ -37,7 +39,6 @@ __all__ = ["DriverCollector", "MetricsSource", "exposition", "make_registry",
            "open_endpoint"]
 
 _BOUNDS = tuple(f"{bound:g}" for bound in DURATION_BUCKETS) + ("+Inf",)
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 _PROCESSES, _BUSY = "gearman_driver_processes", "gearman_driver_processes_busy"
 _MIN, _MAX = "gearman_driver_min_processes", "gearman_driver_max_processes"
 _DONE = "gearman_driver_jobs_total"
@@ -100,6 +101,11 @@ class DriverCollector(Collector):
     def __init__(self, source: MetricsSource) -> None:
         self.source = source
         self._labels: dict[str, _JobLabels] = {}
+        self.memory = ProcessMemory()
+
+    def close(self) -> None:
+        """Let go of the descriptors kept between scrapes."""
+        self.memory.close()
 
     def collect(self) -> Iterator[Metric]:
         source = self.source
@@ -124,7 +130,7 @@ class DriverCollector(Collector):
         yield GaugeMetricFamily("gearman_driver_memory_rss_bytes",
                                 "Resident memory of the master and all its children, summed "
                                 "(pages shared copy-on-write count once per process)",
-                                value=sum(_rss(pid) for pid in pids))
+                                value=self.memory.total(pids))
 
     def _jobs(self, jobs: Mapping[str, Job], board: Scoreboard | None) -> Iterator[Metric]:
         label = ["job_name"]
@@ -212,25 +218,48 @@ class DriverCollector(Collector):
         yield from (waiting, up, age)
 
 
-def _rss(pid: int) -> int:
-    """Resident bytes of one process (0 when it is already gone); raw fds: 200 of these are
-    a good part of a scrape."""
-    try:
-        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
-    except OSError:
-        return 0
-    try:
-        return int(os.read(fd, 256).split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-    finally:
-        os.close(fd)
+class ProcessMemory:
+    """The resident bytes of a set of processes, summed; each /proc/<pid>/statm stays open
+    between scrapes (a `pread` costs a quarter of an open, read and close: 0.3 against 1.2 ms
+    for 200 processes), up to a quarter of the descriptor limit, then opened each time."""
+
+    def __init__(self) -> None:
+        self._readers: dict[int, StatmReader] = {}
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._keep = 1024 if soft == resource.RLIM_INFINITY else min(1024, soft // 4)
+
+    def total(self, pids: list[int]) -> int:
+        readers = self._readers
+        total = 0
+        for pid in pids:
+            reader = readers.get(pid)
+            keep = reader is not None or len(readers) < self._keep
+            if reader is None:
+                reader = StatmReader(pid)
+                if keep:
+                    readers[pid] = reader
+            try:
+                total += reader.rss()
+            except OSError:  # gone since the job table was read: nothing resident
+                pass
+            if not keep:
+                reader.close()
+        if len(readers) > len(pids):  # forget the processes gone
+            for pid in readers.keys() - set(pids):
+                readers.pop(pid).close()
+        return total
+
+    def close(self) -> None:
+        """Close every descriptor: with the endpoint, and in a forked child."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
 
 
-def make_registry(source: MetricsSource) -> CollectorRegistry:
+def make_registry(collector: DriverCollector) -> CollectorRegistry:
     """A registry of our collector and the master's own process metrics (process_*)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DriverCollector(source))
+    registry.register(collector)
     ProcessCollector(registry=registry)
     return registry
 
@@ -244,8 +273,9 @@ def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
 def open_endpoint(source: MetricsSource, selector: selectors.BaseSelector, host: str,
                   port: int) -> MetricsServer:
     """The metrics endpoint on host:port, listening in the master's loop, reading `source`."""
-    registry = make_registry(source)
+    collector = DriverCollector(source)
+    registry = make_registry(collector)
     server = MetricsServer(lambda accept: exposition(registry, accept), selector,
-                           host=host, port=port)
+                           host=host, port=port, release=collector.close)
     server.open()
     return server

@@ -122,10 +122,12 @@ class MetricsServer(StreamServer):
 
     def __init__(self, render: Render, selector: selectors.BaseSelector, *,
                  host: str = "127.0.0.1", port: int = 0, idle_timeout: float = IDLE_TIMEOUT,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None,
+                 release: Callable[[], None] | None = None) -> None:
         super().__init__(selector, max_connections=MAX_CONNECTIONS, idle_timeout=idle_timeout,
                          log=log or logging.getLogger("gearman_driver.metrics"))
         self.render = render
+        self.release = release  # what `render` keeps open, closed with the server
         self.host = host
         self.port = port
 
@@ -142,6 +144,16 @@ class MetricsServer(StreamServer):
                       len(self.conns), oldest.peer)
         oldest.drop()
         return True
+
+    def close(self) -> None:
+        super().close()
+        if self.release is not None:
+            self.release()
+
+    def close_in_child(self) -> None:
+        super().close_in_child()
+        if self.release is not None:
+            self.release()
 
     def open(self) -> None:
         """Bind and listen; CannotCreate (port in use, bad address) leaves nothing open."""

@@ -15,7 +15,13 @@ from gearman_driver.api import Worker
 from gearman_driver.jobs.options import JobOptions
 from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec, Process
 from gearman_driver.master.looplag import LoopLag
-from gearman_driver.master.metrics import MetricsSource, exposition, make_registry
+from gearman_driver.master.metrics import (
+    DriverCollector,
+    MetricsSource,
+    ProcessMemory,
+    exposition,
+    make_registry,
+)
 from gearman_driver.master.observer import FunctionStatus, Snapshot
 from gearman_driver.master.processes import ProcessManager
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
@@ -44,8 +50,16 @@ def spec(name: str, functions: list[str], low: int = 1, high: int = 4) -> JobSpe
                                                              for f in functions), low, high)
 
 
+def render(source: MetricsSource, accept: str = "") -> tuple[bytes, str]:
+    collector = DriverCollector(source)
+    try:
+        return exposition(make_registry(collector), accept)
+    finally:
+        collector.close()
+
+
 def scrape(source: MetricsSource, accept: str = "") -> Samples:
-    text, content_type = exposition(make_registry(source), accept)
+    text, content_type = render(source, accept)
     assert content_type.startswith("text/plain")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text.decode())
@@ -163,8 +177,8 @@ def test_no_snapshot_yet_means_no_gearmand_samples() -> None:
 
 def test_openmetrics_when_the_scraper_asks_for_it() -> None:
     source = source_for(job_table(spec("solo", ["s.one"])), Scoreboard(1))
-    text, content_type = exposition(make_registry(source),
-                                    "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    text, content_type = render(source,
+                                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
     assert content_type.startswith("application/openmetrics-text")
     assert text.endswith(b"# EOF\n")
     assert b'gearman_driver_jobs_total{function="s.one",job_name="solo",result="complete"} 0' \
@@ -238,6 +252,38 @@ def test_a_process_that_recycled_itself_over_max_rss_mb_is_counted_so() -> None:
     jobs.add_process(solo, Process(pid, slot, "solo", time.monotonic() - 60, max_rss_mb=100))
     assert wait_for(lambda: manager.reap(time.monotonic()) > 0)
     assert solo.recycled_total == {"max_rss": 1}
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_memory_is_read_from_each_process_on_descriptors_closed_once_it_is_gone() -> None:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child with 64 MiB of its own, written so that it is resident
+        ballast = b"x" * (64 << 20)
+        os.write(write_fd, b"1")
+        signal.pause()
+        os._exit(len(ballast) and 0)
+    os.close(write_fd)
+    memory = ProcessMemory()
+    before = open_fds()
+    try:
+        assert os.read(read_fd, 1) == b"1"
+        assert memory.total([pid]) >= 64 << 20
+        assert memory.total([pid]) >= 64 << 20  # the same descriptor, read again
+        assert open_fds() == before + 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_fd)
+    assert memory.total([pid]) == 0  # reaped between the job table and the read
+    assert memory.total([]) == 0
+    assert open_fds() == before - 1  # its descriptor and the pipe's are closed
+    assert memory.total([os.getpid()]) > 0
+    memory.close()
+    assert open_fds() == before - 1
 
 
 def test_loop_lag_keeps_the_worst_turn_of_the_last_window() -> None:

@@ -152,3 +152,15 @@ def test_a_non_loopback_address_is_warned_about(caplog: pytest.LogCaptureFixture
     server.close()
     sel.close()
     assert "metrics has no authentication; listening on 0.0.0.0" in caplog.text
+
+
+def test_what_render_keeps_open_is_released_in_a_child_and_with_the_server() -> None:
+    released: list[bool] = []
+    sel = selectors.DefaultSelector()
+    server = MetricsServer(render, sel, port=0, release=lambda: released.append(True))
+    server.open()
+    server.close_in_child()  # as right after a fork
+    assert released == [True]
+    server.close()  # as the master does on shutdown, or when a reload moves the endpoint
+    assert released == [True, True]
+    sel.close()
