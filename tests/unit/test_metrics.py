@@ -137,6 +137,14 @@ def test_live_slots_and_folded_totals_add_up_per_function_and_result() -> None:
     assert samples[("gearman_driver_max_processes", (("job_name", "solo"),))] == 2
 
 
+def test_duration_buckets_are_the_ones_the_readme_lists() -> None:
+    samples = scrape(source_for(job_table(spec("solo", ["s.one"])), Scoreboard(1)))
+    bounds = [dict(labels)["le"] for name, labels in samples
+              if name == "gearman_driver_job_duration_seconds_bucket"]
+    assert bounds == ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "10",
+                      "60", "300", "+Inf"]
+
+
 def test_gearmand_snapshot_master_counters_and_build_info() -> None:
     board = Scoreboard(2)
     jobs = job_table(spec("solo", ["s.one"]))
