@@ -35,7 +35,7 @@ from gearman_driver.master.processes import RECYCLED_FOR
 from gearman_driver.scoreboard import DURATION_BUCKETS, MAX_FUNCTIONS, Counters, Scoreboard
 from gearman_driver.version import __version__
 
-__all__ = ["DriverCollector", "MetricsSource", "exposition", "make_registry",
+__all__ = ["DriverCollector", "MetricsSource", "ProcessMemory", "exposition", "make_registry",
            "open_endpoint"]
 
 _BOUNDS = tuple(f"{bound:g}" for bound in DURATION_BUCKETS) + ("+Inf",)
@@ -101,11 +101,11 @@ class DriverCollector(Collector):
     def __init__(self, source: MetricsSource) -> None:
         self.source = source
         self._labels: dict[str, _JobLabels] = {}
-        self.memory = ProcessMemory()
+        self._memory = ProcessMemory()
 
     def close(self) -> None:
         """Let go of the descriptors kept between scrapes."""
-        self.memory.close()
+        self._memory.close()
 
     def collect(self) -> Iterator[Metric]:
         source = self.source
@@ -130,33 +130,26 @@ class DriverCollector(Collector):
         yield GaugeMetricFamily("gearman_driver_memory_rss_bytes",
                                 "Resident memory of the master and all its children, summed "
                                 "(pages shared copy-on-write count once per process)",
-                                value=self.memory.total(pids))
+                                value=self._memory.total(pids))
 
     def _jobs(self, jobs: Mapping[str, Job], board: Scoreboard | None) -> Iterator[Metric]:
         label = ["job_name"]
-        processes = GaugeMetricFamily(_PROCESSES, "Processes of the job",
-                                      labels=label)
-        busy = GaugeMetricFamily(_BUSY,
-                                 "Processes of the job running a job now", labels=label)
-        low = GaugeMetricFamily(_MIN, "The job's min_processes",
-                                labels=label)
-        high = GaugeMetricFamily(_MAX, "The job's max_processes",
-                                 labels=label)
+        processes = GaugeMetricFamily(_PROCESSES, "Processes of the job", labels=label)
+        busy = GaugeMetricFamily(_BUSY, "Processes of the job running a job now", labels=label)
+        low = GaugeMetricFamily(_MIN, "The job's min_processes", labels=label)
+        high = GaugeMetricFamily(_MAX, "The job's max_processes", labels=label)
         done = CounterMetricFamily(_DONE,
                                    "Jobs finished, by function and result (complete, failed)",
                                    labels=["job_name", "function", "result"])
-        durations = HistogramMetricFamily(_DURATION,
-                                          "How long the job's jobs ran", labels=label)
-        starts = CounterMetricFamily(_STARTS,
-                                     "Processes started for the job", labels=label)
+        durations = HistogramMetricFamily(_DURATION, "How long the job's jobs ran", labels=label)
+        starts = CounterMetricFamily(_STARTS, "Processes started for the job", labels=label)
         failed = CounterMetricFamily(_FAILED,
                                      "Process deaths counted as failed starts (the next start "
                                      "backs off)", labels=label)
         timeouts = CounterMetricFamily(_TIMEOUTS,
                                        "Processes killed for running a job past its timeout",
                                        labels=label)
-        recycled = CounterMetricFamily(_RECYCLED,
-                                       "Processes replaced, by reason",
+        recycled = CounterMetricFamily(_RECYCLED, "Processes replaced, by reason",
                                        labels=["job_name", "reason"])
         for name, job in jobs.items():
             labels = self._labels_of(name, job.spec)
@@ -183,7 +176,7 @@ class DriverCollector(Collector):
             starts.add_sample(_STARTS, one, job.starts_total)
             failed.add_sample(_FAILED, one, job.failed_starts_total)
             timeouts.add_sample(_TIMEOUTS, one, job.timeouts_total)
-            counts = job.recycled_total
+            counts = job.recycled_total  # every reason from zero, so that rate() sees the first
             for reason, reason_labels in zip(RECYCLED_FOR, labels.recycled, strict=True):
                 recycled.add_sample(_RECYCLED, reason_labels, counts.get(reason, 0))
         yield from (processes, busy, low, high, done, durations, starts, failed, timeouts,
@@ -221,16 +214,19 @@ class DriverCollector(Collector):
 class ProcessMemory:
     """The resident bytes of a set of processes, summed; each /proc/<pid>/statm stays open
     between scrapes (a `pread` costs a quarter of an open, read and close: 0.3 against 1.2 ms
-    for 200 processes), up to a quarter of the descriptor limit, then opened each time."""
+    for 200 processes), up to `keep` of them (by default a quarter of the descriptor limit,
+    at most 1,024); the others are opened each time."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int | None = None) -> None:
         self._readers: dict[int, StatmReader] = {}
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._keep = 1024 if soft == resource.RLIM_INFINITY else min(1024, soft // 4)
+        if keep is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            keep = 1024 if soft == resource.RLIM_INFINITY else min(1024, soft // 4)
+        self._keep = keep
 
     def total(self, pids: list[int]) -> int:
         readers = self._readers
-        total = 0
+        total = kept = 0
         for pid in pids:
             reader = readers.get(pid)
             keep = reader is not None or len(readers) < self._keep
@@ -238,13 +234,14 @@ class ProcessMemory:
                 reader = StatmReader(pid)
                 if keep:
                     readers[pid] = reader
+            kept += keep
             try:
                 total += reader.rss()
             except OSError:  # gone since the job table was read: nothing resident
                 pass
             if not keep:
                 reader.close()
-        if len(readers) > len(pids):  # forget the processes gone
+        if kept < len(readers):  # some are of processes gone: close theirs
             for pid in readers.keys() - set(pids):
                 readers.pop(pid).close()
         return total

@@ -266,6 +266,14 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fork_idle() -> int:
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            signal.pause()
+    return pid
+
+
 def test_memory_is_read_from_each_process_on_descriptors_closed_once_it_is_gone() -> None:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -292,6 +300,25 @@ def test_memory_is_read_from_each_process_on_descriptors_closed_once_it_is_gone(
     assert memory.total([os.getpid()]) > 0
     memory.close()
     assert open_fds() == before - 1
+
+
+def test_memory_keeps_at_most_so_many_descriptors_and_reads_the_others_anyway() -> None:
+    children = [fork_idle() for _ in range(3)]
+    memory = ProcessMemory(keep=2)
+    before = open_fds()
+    try:
+        assert memory.total(children) > 0
+        assert open_fds() == before + 2
+        alone = memory.total(children[2:])  # the third, read without keeping its file
+        assert 0 < alone and open_fds() == before  # the other two are gone from the set
+        assert memory.total(children) > alone
+        assert open_fds() == before + 2
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        memory.close()
+    assert open_fds() == before
 
 
 def test_loop_lag_keeps_the_worst_turn_of_the_last_window() -> None:
