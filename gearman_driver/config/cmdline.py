@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from gearman_driver.config.merging import coerce_override
 from gearman_driver.config.reading import EX_CONFIG, single_line
-from gearman_driver.config.settings import coerce_override
 from gearman_driver.version import __version__
 
 __all__ = ["EX_CONFIG", "EX_USAGE", "CommandLine", "build_parser", "parse_args"]

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from gearman_driver.config import settings as config
+from gearman_driver.config import validation as config
 from gearman_driver.config.settings import (
     DEFAULTS,
     EX_CONFIG,

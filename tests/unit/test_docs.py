@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from gearman_driver.config.reading import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
-from gearman_driver.config.settings import DEFAULTS, schema
+from gearman_driver.config.settings import DEFAULTS
+from gearman_driver.config.validation import schema
 
 README = Path(__file__).parent.parent.parent / "README.md"
 
