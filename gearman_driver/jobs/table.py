@@ -35,7 +35,9 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A job as loaded: what runs, with which limits, in which worker object."""
+    """A job as declared by its code, `job_runtime_attributes` or `add_job`: what runs, in which
+    worker object, with which limits and options. A reload replaces it; nothing else changes it
+    (the console's limits are the `Job`'s)."""
 
     name: str
     worker: Worker
@@ -71,11 +73,12 @@ class Process:
 
 @dataclass
 class Job:
-    """A job at run time: its spec, its current limits and its processes."""
+    """A job at run time: its spec, the limits the master enforces and its processes.
+
+    A limit is the spec's unless the console set it since the spec was installed: one value
+    each, never copied, so a reload (`respec`) brings the declared limits back by itself."""
 
     spec: JobSpec
-    min_processes: int
-    max_processes: int
     processes: dict[int, Process] = field(default_factory=dict)
     jobs_done: int = 0  # by processes that have exited; live ones are read from the scoreboard
     last_run: float = 0.0  # epoch seconds
@@ -91,6 +94,31 @@ class Job:
     failed_starts_total: int = 0
     timeouts_total: int = 0
     recycled_total: dict[str, int] = field(default_factory=dict)  # reason -> count
+    _min_set: int | None = field(default=None, init=False, repr=False)  # by the console
+    _max_set: int | None = field(default=None, init=False, repr=False)
+
+    @property
+    def min_processes(self) -> int:
+        """The fewest processes the master keeps: the console's value, else the spec's."""
+        return self.spec.min_processes if self._min_set is None else self._min_set
+
+    @min_processes.setter
+    def min_processes(self, value: int) -> None:
+        self._min_set = value
+
+    @property
+    def max_processes(self) -> int:
+        """The most processes the master starts: the console's value, else the spec's."""
+        return self.spec.max_processes if self._max_set is None else self._max_set
+
+    @max_processes.setter
+    def max_processes(self, value: int) -> None:
+        self._max_set = value
+
+    def respec(self, spec: JobSpec) -> None:
+        """Run as `spec` from now on (a reload): its limits replace any the console set."""
+        self.spec = spec
+        self._min_set = self._max_set = None
 
     def count_lost(self, handle: str) -> int:
         """One more process died holding `handle`; how many have (the newest handles kept)."""
@@ -119,7 +147,7 @@ class JobTable(Mapping[str, Job]):
     def add(self, spec: JobSpec) -> Job:
         if spec.name in self._jobs:
             raise LoadError(f"{spec.class_path}: job {spec.name!r} is defined twice")
-        job = Job(spec, spec.min_processes, spec.max_processes)
+        job = Job(spec)
         self._jobs[spec.name] = job
         return job
 

@@ -156,8 +156,7 @@ def _apply(driver: ReloadTarget, prepared: _Prepared) -> None:
     assert driver.processes is not None
     for name, spec in new_specs.items():
         job = driver.jobs[name]
-        job.spec = spec
-        job.min_processes, job.max_processes = spec.min_processes, spec.max_processes
+        job.respec(spec)
         driver.processes.forget_failures(job)
     if restart:
         driver.rolling_restart(sorted(restart))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -90,6 +91,28 @@ def test_set_processes_takes_effect_at_once(gearmand, driver_factory) -> None:
     assert driver.wait_registered("alpha.work", 1, timeout=5)
     assert ask(port, "set_processes nope 1 1") == ["ERR invalid_job_name: nope"]
 
+
+
+def test_console_limits_last_until_the_next_reload(gearmand, driver_factory) -> None:
+    """README: `set_*` changes last until the next reload, which applies the config's limits
+    (alpha.opts is declared 2..6, alpha.work 1..4)."""
+    port = free_port()
+    driver = driver_factory(gearmand, {**PAIR, "console_port": port})
+    assert driver.wait_registered("alpha.opts", 2)
+
+    def limits() -> dict[str, list[str]]:
+        return {line.split()[0]: line.split()[1:3] for line in ask(port, "status")}
+
+    assert ask(port, "set_max_processes alpha.opts 3") == ["OK"]
+    assert ask(port, "set_min_processes alpha.work 2") == ["OK"]
+    assert driver.wait_registered("alpha.work", 2)
+    assert limits() == {"alpha.opts": ["2", "3"], "alpha.work": ["2", "4"],
+                        "beta.opts": ["1", "1"]}
+    driver.rewrite_config({"job_runtime_attributes": {"alpha.opts": {"max_processes": 5}}})
+    driver.signal(signal.SIGHUP)
+    assert wait_for(lambda: limits() == {"alpha.opts": ["2", "5"], "alpha.work": ["1", "4"],
+                                         "beta.opts": ["1", "1"]}, timeout=15)
+    assert driver.wait_registered("alpha.work", 1)
 
 def test_kill_and_killall_replace_processes(gearmand, driver_factory) -> None:
     port = free_port()
