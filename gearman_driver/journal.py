@@ -29,7 +29,7 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_
 
 # Fields of this process (JOB in a worker) and of the job in hand; set by logs.py.
 process_fields: dict[str, str] = {}
-job_fields: dict[str, str] = {}
+job_in_hand: tuple[str, bytes | str] | None = None  # (function, handle)
 
 
 def encode(fields: Mapping[str, str]) -> bytes:
@@ -62,8 +62,12 @@ class JournalHandler(logging.Handler):
             "CODE_LINE": str(record.lineno),
             "CODE_FUNC": record.funcName or "",
             **process_fields,
-            **job_fields,
         }
+        if job_in_hand is not None:
+            function, handle = job_in_hand
+            fields["GEARMAN_FUNCTION"] = function
+            fields["GEARMAN_HANDLE"] = (handle.decode("ascii", "replace")
+                                        if isinstance(handle, bytes) else handle)
         fields.update(getattr(record, "journal_fields", {}))  # e.g. the master naming a job
         return fields
 

@@ -131,6 +131,8 @@ SPEC: dict[int, tuple[int, int]] = {
 _NARGS_REQ: dict[int, int] = {int(c): n for c, (n, d) in SPEC.items() if d & _Q}
 _NARGS_RES: dict[int, int] = {int(c): n for c, (n, d) in SPEC.items() if d & _S}
 _JOB_ASSIGNS = frozenset({int(Cmd.JOB_ASSIGN), int(Cmd.JOB_ASSIGN_UNIQ)})
+_JOB_ASSIGN_UNIQ = int(Cmd.JOB_ASSIGN_UNIQ)
+_UNPACK_HEADER = HEADER.unpack_from
 
 
 class Packet(NamedTuple):
@@ -234,6 +236,13 @@ class PacketParser:
             buf = b"".join(self._chunks)
         else:
             buf = data if type(data) is bytes else bytes(data)
+            if size > HEADER_SIZE:  # the job path: exactly one whole JOB_ASSIGN_UNIQ
+                magic, cmd, length = _UNPACK_HEADER(buf)
+                if cmd == _JOB_ASSIGN_UNIQ and magic == self._magic == RES and \
+                        length == size - HEADER_SIZE and length <= self._max_size:
+                    args = buf[HEADER_SIZE:].split(b"\0", 3)
+                    if len(args) == 4:
+                        return [Packet(magic, cmd, tuple(args))]
         try:
             return self._decode(buf)
         except ProtocolError as exc:

@@ -32,7 +32,8 @@ MAX_PROCESSES = 4096
 
 ERROR_BYTES = 200
 HANDLE_BYTES = 64
-# One slot, field by field (little endian, packed). The child rewrites only the fields that
+# One slot, field by field (native byte order, packed, so the child's typed memoryviews
+# and the master's structs agree). The child rewrites only the fields that
 # change on the job path; the master reads the whole slot.
 _FIELDS = (
     ("seq", "I"), ("pid", "i"), ("state", "B"), ("pad", "x"), ("registered", "H"),
@@ -40,17 +41,13 @@ _FIELDS = (
     ("last_end", "d"), ("last_end_mono", "d"), ("last_error", "d"), ("error_len", "H"),
     ("error", f"{ERROR_BYTES}s"), ("handle_len", "H"), ("handle", f"{HANDLE_BYTES}s"),
 )
-_LAYOUT = struct.Struct("<" + "".join(fmt for _, fmt in _FIELDS))
-_OFFSET = {name: struct.calcsize("<" + "".join(fmt for _, fmt in _FIELDS[:i]))
+_LAYOUT = struct.Struct("=" + "".join(fmt for _, fmt in _FIELDS))
+_OFFSET = {name: struct.calcsize("=" + "".join(fmt for _, fmt in _FIELDS[:i]))
            for i, (name, _) in enumerate(_FIELDS)}
-_HEAD = struct.Struct("<I")
-_STATE = struct.Struct("<B")
-_REGISTERED = struct.Struct("<H")
-_DOUBLE = struct.Struct("<d")
-_DONE = struct.Struct("<Q")  # jobs_done, delivered
-_ENDS = struct.Struct("<dd")  # last_end, last_end_mono
-_ERROR = struct.Struct(f"<dH{ERROR_BYTES}s")  # last_error, error_len, error
-_HANDLE = struct.Struct(f"<H{HANDLE_BYTES}s")
+_HEAD = struct.Struct("=I")
+_STATE = struct.Struct("=B")
+_REGISTERED = struct.Struct("=H")
+_ERROR = struct.Struct(f"=dH{ERROR_BYTES}s")  # last_error, error_len, error
 #: Upper bounds (seconds) of the job duration histogram's buckets, suited to jobs of a few
 #: milliseconds to minutes; a last bucket (+Inf) takes the rest. Fine below 2.5 s, where
 #: most jobs end, coarser above: every bucket is a line per job in each scrape.
@@ -66,6 +63,7 @@ _ZERO_COUNTERS = bytes(_COUNTERS.size)
 _COUNTER_COUNT = 1 + _N_BUCKETS + 2 * MAX_FUNCTIONS
 _OUTCOME_AT = tuple(_N_BUCKETS + 2 * f for f in range(MAX_FUNCTIONS))
 _STATE_AT = _OFFSET["state"]
+_BUSY, _IDLE, _LOST = int(State.BUSY), int(State.IDLE), int(State.LOST)
 _SLOT_SIZE = (_COUNTERS_AT + _COUNTERS.size + 63) // 64 * 64
 
 
@@ -206,36 +204,50 @@ class Scoreboard:
 
 class SlotWriter:
     """The child's handle on its own slot: the only writer of that slot while the child lives,
-    so it keeps the sequence counter itself and rewrites only the fields that changed (a few
-    struct writes per job). The counters are updated through typed views of the slot: an
-    item update costs less than a `pack_into`."""
+    so it keeps the sequence counter itself and rewrites only the fields that changed. Every
+    field on the job path is written through a typed view of the slot (an item assignment,
+    a few tens of ns) rather than a `pack_into`: the three writes of a job stay near 1 µs."""
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self._mem = board._mem
-        self._base = slot * _SLOT_SIZE
+        self._base = base = slot * _SLOT_SIZE
         self.slot = slot
-        self._seq = _HEAD.unpack_from(self._mem, self._base)[0]
+        self._seq = _HEAD.unpack_from(self._mem, base)[0]
         self.jobs_done = 0
         self.delivered = 0
         self._job_started = time.monotonic()
-        start = self._base + _COUNTERS_AT
-        area = memoryview(self._mem)[start:start + _COUNTERS.size]
+        whole = memoryview(self._mem)
+
+        def at(name: str, size: int) -> memoryview:
+            start = base + _OFFSET[name]
+            return whole[start:start + size]
+
+        self._seq_v = at("seq", 4).cast("I")
+        self._state_at = base + _STATE_AT
+        self._done_v = at("jobs_done", 8).cast("Q")
+        self._delivered_v = at("delivered", 8).cast("Q")
+        self._job_started_v = at("job_started", 8).cast("d")
+        self._ends_v = at("last_end", 16).cast("d")  # last_end, last_end_mono
+        self._handle_len_v = at("handle_len", 2).cast("H")
+        self._handle_at = base + _OFFSET["handle"]
+        start = base + _COUNTERS_AT
+        area = whole[start:start + _COUNTERS.size]
         self._sum_view = area[:8].cast("d")
         self._count_view = area[8:].cast("Q")  # buckets, then outcomes
 
     def _begin(self) -> int:
         self._seq += 1  # odd: a reader retries until the write is over
-        _HEAD.pack_into(self._mem, self._base, self._seq)
+        self._seq_v[0] = self._seq & 0xFFFFFFFF
         return self._base
 
     def _end(self) -> None:
         self._seq += 1
-        _HEAD.pack_into(self._mem, self._base, self._seq)
+        self._seq_v[0] = self._seq & 0xFFFFFFFF
 
     def ready(self, pid: int) -> None:
         base = self._begin()
-        struct.pack_into("<i", self._mem, base + _OFFSET["pid"], pid)
-        _STATE.pack_into(self._mem, base + _OFFSET["state"], State.IDLE)
+        struct.pack_into("=i", self._mem, base + _OFFSET["pid"], pid)
+        self._mem[self._state_at] = State.IDLE
         self._end()
 
     def set_registered(self, count: int) -> None:
@@ -244,23 +256,34 @@ class SlotWriter:
         self._end()
 
     def job_started(self, handle: bytes = b"") -> None:
-        mem, base = self._mem, self._begin()
+        seq = self._seq + 2  # the _begin/_end pair, inlined on the job path
+        self._seq = seq
+        seq_v = self._seq_v
+        seq_v[0] = (seq - 1) & 0xFFFFFFFF
         self._job_started = time.monotonic()
-        _STATE.pack_into(mem, base + _OFFSET["state"], State.BUSY)
-        _DOUBLE.pack_into(mem, base + _OFFSET["job_started"], time.time())
+        mem = self._mem
+        mem[self._state_at] = _BUSY
+        self._job_started_v[0] = time.time()
         handle = handle[:HANDLE_BYTES]
-        _HANDLE.pack_into(mem, base + _OFFSET["handle_len"], len(handle), handle)
-        self._end()
+        size = self._handle_len_v[0] = len(handle)
+        at = self._handle_at
+        mem[at:at + size] = handle
+        seq_v[0] = seq & 0xFFFFFFFF
 
     def job_finished(self, error: str | None = None, function: int = 0) -> None:
         """The job's code is over: count it, by `function` (see `function_slot`) and outcome
         (failed when `error` is given), and its duration into the histogram. The process
         stays BUSY until `result_sent`."""
         now, mono = time.time(), time.monotonic()
-        self.jobs_done += 1
-        mem, base = self._mem, self._begin()
-        _DONE.pack_into(mem, base + _OFFSET["jobs_done"], self.jobs_done)
-        _ENDS.pack_into(mem, base + _OFFSET["last_end"], now, mono)
+        done = self.jobs_done = self.jobs_done + 1
+        seq = self._seq + 2
+        self._seq = seq
+        seq_v = self._seq_v
+        seq_v[0] = (seq - 1) & 0xFFFFFFFF
+        self._done_v[0] = done
+        ends = self._ends_v
+        ends[0] = now
+        ends[1] = mono
         duration = mono - self._job_started
         counts = self._count_view
         counts[bisect_left(DURATION_BUCKETS, duration)] += 1
@@ -268,17 +291,22 @@ class SlotWriter:
         self._sum_view[0] += duration
         if error is not None:
             text = " ".join(error.split()).encode("utf-8", "replace")[:ERROR_BYTES]
-            _ERROR.pack_into(mem, base + _OFFSET["last_error"], now, len(text), text)
-        self._end()
+            _ERROR.pack_into(self._mem, self._base + _OFFSET["last_error"], now, len(text), text)
+        seq_v[0] = seq & 0xFFFFFFFF
 
     def result_sent(self, delivered: bool) -> None:
         """The backend wrote the result to gearmand's socket (or lost the connection trying).
 
         Only now is the job off our hands: a process that dies BUSY took a job with it,
         which gearmand hands to the next worker, so the master backs off its replacement."""
-        mem, base = self._mem, self._begin()
+        seq = self._seq + 2
+        self._seq = seq
+        seq_v = self._seq_v
+        seq_v[0] = (seq - 1) & 0xFFFFFFFF
         if delivered:
             self.delivered += 1
-            _DONE.pack_into(mem, base + _OFFSET["delivered"], self.delivered)
-        _STATE.pack_into(mem, base + _OFFSET["state"], State.IDLE if delivered else State.LOST)
-        self._end()
+            self._delivered_v[0] = self.delivered
+            self._mem[self._state_at] = _IDLE
+        else:
+            self._mem[self._state_at] = _LOST
+        seq_v[0] = seq & 0xFFFFFFFF

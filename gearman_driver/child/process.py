@@ -16,7 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import setproctitle  # imported by the master: not once more in every child
+
 from gearman_driver import gcpolicy
+from gearman_driver.api import Worker
 from gearman_driver.child.backends import (
     BackendHooks,
     GearmanJob,
@@ -77,43 +80,70 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     body, encode, decode, function = method.body, method.encode, method.decode, method.function
     index = function_slot(index)
     exceptions = method.exceptions
+    begin, end = _hook(worker, "begin"), _hook(worker, "end")
+    started, finished = writer.job_started, writer.job_finished
 
     def run(job: GearmanJob) -> JobResult:
-        writer.job_started(job.handle)
-        job_in_hand(function, job.handle.decode("ascii", "replace"))
+        handle = job.handle
+        started(handle)
+        job_in_hand(function, handle)
         error: str | None = None
         try:
             workload = decode(job.workload) if decode else job.workload
-            worker.begin(job, workload)
-            try:
+            if begin is not None:
+                begin(job, workload)
+            if end is None:
                 result = body(job, workload)
-            finally:
-                worker.end(job, workload)
+            else:
+                try:
+                    result = body(job, workload)
+                finally:
+                    end(job, workload)
             if encode:
                 result = encode(result)
-            return JobResult("complete", to_result_bytes(function, result))
+            if type(result) is not bytes:
+                result = to_result_bytes(function, result)
+            return JobResult("complete", result)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.exception("job %s (handle %s) failed: %s", function,
-                          job.handle.decode("ascii", "replace"), error)
+                          handle.decode("ascii", "replace"), error)
             if exceptions:
                 return JobResult("exception", error.encode("utf-8", "replace"))
             return JobResult("fail")
         finally:
             job_done()
-            writer.job_finished(error, index)
+            finished(error, index)
             after_job(job)
 
     return run
 
 
+def _hook(worker: Any, name: str) -> Callable[[GearmanJob, Any], None] | None:
+    """The worker's begin/end hook, or None when its class keeps Worker's empty one: the job
+    path then skips a call that would do nothing."""
+    hook = getattr(worker, name)
+    if getattr(type(worker), name, None) is getattr(Worker, name) and \
+            name not in getattr(worker, "__dict__", {}):
+        return None
+    return hook
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once, in the master: a child that built its own CDLL would copy heap pages.
+_PRCTL = _load_prctl()
+
+
 def set_parent_death_signal(master_pid: int, signum: int) -> None:
     """Get `signum` when the master dies, even by SIGKILL; exit now if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the orphan check below still applies
-        pass
+    if _PRCTL is not None:  # not Linux: the orphan check below still applies
+        _PRCTL(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     if os.getppid() != master_pid:
         os._exit(0)
 
@@ -238,10 +268,6 @@ def run_child(
 
 
 def _set_title(spec: JobSpec) -> None:
-    try:
-        import setproctitle
-    except ImportError:  # pragma: no cover - a declared dependency
-        return
     orig = f"gearman-driver: {spec.name}"
     title = None
     try:

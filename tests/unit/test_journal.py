@@ -42,3 +42,14 @@ def test_without_the_socket_a_record_goes_to_stderr_with_its_priority(
     finally:
         handler.close()
     assert capsys.readouterr().err == "<3>boom\n<3>line 2\n"
+
+
+def test_the_handle_in_hand_may_be_bytes_as_the_job_path_gives_it() -> None:
+    handler = journal.JournalHandler("/nonexistent")
+    try:
+        logs.job_in_hand("text.upper", b"H:host:43")
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), None)
+        assert handler.fields(record)["GEARMAN_HANDLE"] == "H:host:43"
+    finally:
+        logs.job_done()
+        handler.close()

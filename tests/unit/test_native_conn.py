@@ -70,3 +70,19 @@ def test_every_address_refusing_is_one_error_naming_each(monkeypatch: pytest.Mon
         assert str(failed.value) == (f"[::1]:{ports[0]}: Connection refused; "
                                      f"127.0.0.1:{ports[1]}: Connection refused")
         conn.close()
+
+
+def test_a_blocking_read_is_bounded_by_the_kernel() -> None:
+    """One server: replies are awaited by a blocking recv (no selector call per job), which
+    must still give up after its time-out, so a stop request is looked at."""
+    left, right = socket.socketpair()
+    with left, right, selectors.DefaultSelector() as sel:
+        conn = ServerConnection(("one", 4730), sel, max_backoff=1.0, max_packet=1 << 20,
+                                write_timeout=1.0)
+        conn.sock = left
+        conn.block_reads(0.05)
+        assert left.getblocking()
+        assert conn.read() == []  # nothing came: back after the time-out, not stuck
+        right.sendall(b"\0RES\0\0\0\x06\0\0\0\0")  # NOOP
+        assert [packet.cmd for packet in conn.read()] == [6]
+        conn.sock = None

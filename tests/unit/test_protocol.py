@@ -255,3 +255,16 @@ def test_valid_streams_parse_exactly(packets: list[bytes], chunk: int) -> None:
     expected = [p for raw in packets for p in PacketParser().feed(raw)]
     assert len(expected) == len(packets)
     assert parse_all(b"".join(packets), chunk=chunk) == expected
+
+
+def test_a_lone_job_assignment_is_checked_like_any_packet() -> None:
+    """A whole JOB_ASSIGN_UNIQ in one read takes a short cut; it must not skip a check."""
+    body = b"H:1\0f\0u"  # three arguments where four are due
+    short = RES + struct.pack(">II", Cmd.JOB_ASSIGN_UNIQ, len(body)) + body
+    with pytest.raises(ProtocolError, match="needs 4 arguments"):
+        PacketParser().feed(short)
+    with pytest.raises(ProtocolError, match="bad magic"):
+        PacketParser(REQ).feed(encode_response(Cmd.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"u", b"w"))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        PacketParser(max_size=8).feed(encode_response(Cmd.JOB_ASSIGN_UNIQ, b"H:1", b"f", b"u",
+                                                      b"workload"))

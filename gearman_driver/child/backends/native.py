@@ -56,6 +56,9 @@ _ERROR = int(Cmd.ERROR)
 _WORK_COMPLETE = int(Cmd.WORK_COMPLETE)
 _WORK_EXCEPTION = int(Cmd.WORK_EXCEPTION)
 _WORK_FAIL = int(Cmd.WORK_FAIL)
+#: With one server, a reply that is due (after GRAB_JOB_UNIQ) is awaited by a blocking recv
+#: bounded by this; a signal arriving meanwhile is looked at no later than that.
+REPLY_WAIT = 0.1
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 
@@ -135,35 +138,41 @@ class NativeBackend(WorkerBackend):
                     stop_by = time.monotonic() + self.stop_grace
                 if self._stopping and (self._grabbing is None or time.monotonic() > stop_by):
                     return
-                timeout = self._connect_due(hooks.poll_interval)
-                for key, mask in sel.select(timeout):
-                    conn: ServerConnection | None = key.data
-                    if conn is None:
-                        _drain(key.fd)
-                        continue
-                    if conn.sock is None:
-                        continue  # closed earlier in this batch
-                    try:
-                        if conn.state == CONNECTING:
-                            if conn.finish_connect():
-                                conn.send(self._hello + self._echo(conn))
-                            continue
-                        if mask & _EVENT_WRITE:
-                            conn.flush_some()
-                        if mask & _EVENT_READ:
-                            for packet in conn.read():
-                                self._handle(conn, packet[1], packet[2])
-                    except ProtocolError as exc:
-                        self._lost(conn, f"protocol error: {exc}", logging.ERROR)
-                    except ServerError as exc:
-                        self._lost(conn, f"server error: {exc}", logging.ERROR)
-                    except OSError as exc:
-                        self._lost(conn, str(exc), logging.WARNING)
+                due = self._grabbing
+                if due is not None and due.blocking and not due.out:
+                    # a reply is due on a blocking socket (one server): one recv, no select
+                    self._service(due, _EVENT_READ)
+                else:
+                    for key, mask in sel.select(self._connect_due(hooks.poll_interval)):
+                        conn: ServerConnection | None = key.data
+                        if conn is None:
+                            _drain(key.fd)
+                        elif conn.sock is not None:  # else closed earlier in this batch
+                            self._service(conn, mask)
                 for conn in self._conns:
                     if conn.dead is not None:
                         self._lost(conn, conn.dead, logging.WARNING)
         finally:
             self._shutdown(sel)
+
+    def _service(self, conn: ServerConnection, mask: int) -> None:
+        """The connection is ready for `mask`: finish a connect, write, read and handle."""
+        try:
+            if conn.state == CONNECTING:
+                if conn.finish_connect():
+                    conn.send(self._hello + self._echo(conn))
+                return
+            if mask & _EVENT_WRITE:
+                conn.flush_some()
+            if mask & _EVENT_READ:
+                for packet in conn.read():
+                    self._handle(conn, packet[1], packet[2])
+        except ProtocolError as exc:
+            self._lost(conn, f"protocol error: {exc}", logging.ERROR)
+        except ServerError as exc:
+            self._lost(conn, f"server error: {exc}", logging.ERROR)
+        except OSError as exc:
+            self._lost(conn, str(exc), logging.WARNING)
 
     def _connect_due(self, poll_interval: float) -> float:
         """Start the reconnects that are due and move connects that took too long on to the
@@ -217,6 +226,8 @@ class NativeBackend(WorkerBackend):
             if conn.state == REGISTERING and args[0] == conn.token:
                 conn.state = READY
                 conn.registered()
+                if len(self._conns) == 1:  # nothing else to watch while a reply is due
+                    conn.block_reads(REPLY_WAIT)
                 log.info("registered %d functions with %s", len(self.runners), conn.label)
                 self.hooks.on_registered(conn.server)
                 self._enqueue(conn)

@@ -10,12 +10,14 @@ parser, and the reconnect schedule with capped, jittered exponential backoff.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  getaddrinfo imports it on first use: before the fork
 import errno
 import os
 import random
 import select
 import selectors
 import socket
+import struct
 import time
 from typing import Any
 
@@ -52,7 +54,7 @@ class ServerConnection:
     __slots__ = (
         "server", "sel", "sock", "parser", "out", "state", "dead", "queued", "token",
         "retry_at", "delay", "max_backoff", "max_packet", "write_timeout", "failures",
-        "_want_write", "addrs", "addr", "errors", "connect_by",
+        "_want_write", "addrs", "addr", "errors", "connect_by", "blocking",
     )
 
     def __init__(
@@ -84,6 +86,7 @@ class ServerConnection:
         self.addr: _Address | None = None  # the one being connected to
         self.errors: list[tuple[str, str]] = []  # (address, reason) of this attempt
         self.connect_by = 0.0  # monotonic deadline of the connect in progress
+        self.blocking = False  # see block_reads
 
     @property
     def label(self) -> str:
@@ -175,6 +178,7 @@ class ServerConnection:
                 pass
             self.sock.close()
             self.sock = None
+        self.blocking = False
 
     def close(self) -> bool:
         """Drop the socket; True if it was registered (so on_disconnected pairs with
@@ -190,6 +194,18 @@ class ServerConnection:
         self.retry_at = now + self.delay * random.uniform(0.8, 1.0)
         self.delay = min(self.delay * 2, self.max_backoff)
         self.failures += 1
+
+    def block_reads(self, timeout: float) -> None:
+        """Make the socket blocking, with kernel time-outs (SO_RCVTIMEO/SO_SNDTIMEO): a reply
+        that is due can then be awaited by one recv instead of a selector call and a recv.
+        A recv or send never blocks longer than `timeout`; the selector still works on it."""
+        assert self.sock is not None
+        whole = int(timeout)
+        limit = struct.pack("@ll", whole, int((timeout - whole) * 1e6))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        self.sock.setblocking(True)
+        self.blocking = True
 
     def registered(self) -> None:
         self.delay = INITIAL_BACKOFF
@@ -236,6 +252,8 @@ class ServerConnection:
             if sum(map(len, parts)) < 65536:
                 data = b"".join(parts)  # small: one copy is cheaper than an iovec
                 sent = self.sock.send(data)
+                if sent == len(data):
+                    return  # the job path: all out at once
                 parts = [data]
             else:
                 sent = self.sock.sendmsg(parts)
@@ -326,7 +344,11 @@ class NativeJob(GearmanJob):
     def __init__(
         self, handle: bytes, unique: bytes, function: str, workload: bytes, conn: ServerConnection
     ) -> None:
-        super().__init__(handle, unique, function, workload)
+        # GearmanJob's fields set here rather than through super(): one call less per job
+        self.handle = handle
+        self.unique = unique
+        self.function = function
+        self.workload = workload
         self._conn = conn
 
     def send_status(self, numerator: int, denominator: int) -> None:
