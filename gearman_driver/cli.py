@@ -42,7 +42,8 @@ def job_table(driver: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     gcpolicy.off_while_loading()  # before any worker code is imported
     from gearman_driver.config.cmdline import parse_args
-    from gearman_driver.config.settings import EX_CONFIG, ConfigError, load_settings
+    from gearman_driver.config.reader import read_settings
+    from gearman_driver.config.settings import EX_CONFIG, ConfigError
     from gearman_driver.jobs.table import LoadError
     from gearman_driver.logs import install, open_configured, setup_logging
     from gearman_driver.master.driver import Driver
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload_main(args[1:])
     command = parse_args(args)
     try:
-        settings = load_settings(command.config_files, command.overrides)
+        settings = read_settings(command.config_files, command.overrides)
         install(open_configured(settings), settings.loglevel)
         driver = Driver(settings)
         driver.cli_overrides = command.overrides

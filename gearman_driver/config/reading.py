@@ -11,14 +11,11 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from jsonschema import ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.reader import ReaderError
-from ruamel.yaml.scalarbool import ScalarBoolean
+if TYPE_CHECKING:  # ruamel.yaml and jsonschema load only where a file is read and checked,
+    # so a master that had its config read by a short-lived process never holds them
+    from jsonschema import ValidationError
 
 #: sysexits.h EX_CONFIG: the process exits with this status on a user's configuration mistake.
 EX_CONFIG = 78
@@ -193,6 +190,8 @@ class Source:
         """``file:line:col`` of a value (or its key), 1-based; the deepest node that exists."""
         if self.command_line:
             return COMMAND_LINE
+        from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
         node, line, col = self.tree, 0, 0
         lc = getattr(node, "lc", None)
         if lc is not None and isinstance(lc.line, int):
@@ -272,6 +271,8 @@ class _Plain:
 
 
 def _scalar(value: Any) -> Any:
+    from ruamel.yaml.scalarbool import ScalarBoolean
+
     if isinstance(value, ScalarBoolean | bool):
         return bool(value)
     if isinstance(value, str):
@@ -303,6 +304,10 @@ def _read_bounded(path: str) -> bytes:
 
 def read_source(path: str) -> Source:
     """Load one file round-trip so every key and value keeps its line and column."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.reader import ReaderError
+
     raw = _read_bounded(path)
     try:
         text = raw.decode("utf-8-sig")

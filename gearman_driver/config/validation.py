@@ -9,12 +9,8 @@ import math
 import re
 from collections.abc import Iterator
 from functools import cache
-from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-from jsonschema.protocols import Validator
+from typing import TYPE_CHECKING, Any
 
 from gearman_driver.config.reading import (
     ConfigError,
@@ -28,10 +24,16 @@ from gearman_driver.config.servers import ServerError, parse_gearmand_servers
 from gearman_driver.peercred import resolve_users
 from gearman_driver.scoreboard import MAX_PROCESSES
 
+if TYPE_CHECKING:  # jsonschema loads only where a config is checked: in the short-lived
+    # reader (config/reader.py), never in the master whose heap every worker shares
+    from jsonschema.protocols import Validator
+
 
 @cache
 def schema() -> dict[str, Any]:
     """The JSON Schema, from the installed package or, in a source tree, from ``schema/``."""
+    from importlib import resources  # 1.5 MB of imports: only where a config is checked
+
     try:
         text = (resources.files("gearman_driver.schema") / "config.schema.json").read_text("utf-8")
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
@@ -57,11 +59,15 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
     if isinstance(instance, str):
         python = pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern
         if not re.search(python, instance):
+            import jsonschema
+
             yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 @cache
 def _validator() -> Validator:
+    import jsonschema
+
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine("number", _is_finite_number)
     cls = jsonschema.validators.extend(base, {"pattern": _pattern}, type_checker=checker)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gearman_driver.api import Worker
-from gearman_driver.config.settings import ConfigError, Settings, load_settings
+from gearman_driver.config.reader import read_settings
+from gearman_driver.config.settings import ConfigError, Settings
 from gearman_driver.jobs.loader import module_stamps
 from gearman_driver.jobs.table import JobTable, LoadError
 from gearman_driver.logs import install, open_configured
@@ -95,7 +96,7 @@ def apply_reload(driver: ReloadTarget) -> None:
     driver.notifier.reloading()
     prepared: _Prepared | None = None
     try:
-        new = load_settings(old.config_files, driver.cli_overrides)
+        new = read_settings(old.config_files, driver.cli_overrides)
         prepared = _Prepared(old, new)
         if (new.loglevel, new.logfile, new.loglayout) != (old.loglevel, old.logfile,
                                                          old.loglayout):
