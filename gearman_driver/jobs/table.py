@@ -143,13 +143,21 @@ class JobTable(Mapping[str, Job]):
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._by_pid: dict[int, Job] = {}
+        self._order: list[Job] | None = None  # in_order(), until a job is added
 
     def add(self, spec: JobSpec) -> Job:
         if spec.name in self._jobs:
             raise LoadError(f"{spec.class_path}: job {spec.name!r} is defined twice")
         job = Job(spec)
         self._jobs[spec.name] = job
+        self._order = None
         return job
+
+    def in_order(self) -> list[Job]:
+        """The jobs in name order, as iterating gives them, without sorting on every turn."""
+        if self._order is None:
+            self._order = [self._jobs[name] for name in sorted(self._jobs)]
+        return self._order
 
     def __getitem__(self, name: str) -> Job:
         return self._jobs[name]

@@ -40,6 +40,7 @@ class SlotReader(Protocol):
     """The scoreboard as scaling reads it."""
 
     def read(self, slot: int) -> SlotView: ...
+    def busy(self, slot: int) -> bool: ...
 
 
 class Autoscaler:
@@ -116,7 +117,7 @@ class Autoscaler:
         processes = self.processes
         snapshot = self.snapshot
         saturated = False
-        for job in self.jobs.values():
+        for job in self.jobs.in_order():
             waiting: int | None = None
             drivers = 1
             if snapshot is not None and snapshot.servers_up and \
@@ -126,9 +127,9 @@ class Autoscaler:
                 if waiting:  # peers matter only when there is a shortfall to share
                     drivers = len(driver_peers(snapshot, job.spec.functions)
                                   | {self.driver_id})
-            elif job.min_processes <= len(job.running()) <= job.max_processes:
+            elif job.min_processes <= len(live := job.running()) <= job.max_processes:
                 # nothing new to decide on (the common idle turn): only watch for saturation
-                saturated = saturated or self._saturated(job)
+                saturated = saturated or self._saturated(job, live)
                 continue
             figures = self._figures(job, waiting, drivers)
             decision = decide(figures)
@@ -149,12 +150,12 @@ class Autoscaler:
             if self.observer.start_poll(now):
                 self._last_saturation_poll = now
 
-    def _saturated(self, job: Job) -> bool:
+    def _saturated(self, job: Job, live: list[Process] | None = None) -> bool:
         """Every running process busy and room for more: worth asking gearmand right now."""
-        live = job.running()
+        live = job.running() if live is None else live
         if not live or len(live) >= job.max_processes:
             return False
-        return all(self.scoreboard.read(p.slot).busy for p in live)
+        return all(self.scoreboard.busy(p.slot) for p in live)  # one byte each, no SlotView
 
     def _figures(self, job: Job, waiting: int | None, drivers: int) -> JobFigures:
         wall = self._wall()

@@ -377,7 +377,7 @@ class Driver:
     def status_line(self) -> str:
         assert self.scoreboard is not None
         processes = list(self.jobs.processes())
-        busy = sum(1 for p in processes if self.scoreboard.read(p.slot).busy)
+        busy = sum(1 for p in processes if self.scoreboard.busy(p.slot))
         text = f"{len(processes)} processes ({busy} busy) in {len(self.jobs)} jobs"
         snap = self.autoscaler.snapshot if self.autoscaler is not None else None
         if snap is not None:

@@ -30,6 +30,9 @@ class FakeScoreboard:
     def read(self, slot: int) -> SlotView:
         return self.views[slot]
 
+    def busy(self, slot: int) -> bool:
+        return self.views[slot].busy
+
 
 @dataclass
 class FakeProcesses:
