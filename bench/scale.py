@@ -177,6 +177,18 @@ def _section(ctx: Context, counts: tuple[int, ...], figures: dict[tuple[str, int
         f"Separate interpreters were started {sep_n} at a time ({sep.cell()} s for {sep_n}); "
         f"larger counts are extrapolated linearly from that per-interpreter cost "
         f"({fmt(sep_per)} s), since each interpreter's start-up is CPU work on the same 2 cores.")
+    bends = [f"{METRICS[key][0]} ({shape}: {slope})" for shape in SHAPES for key in METRICS
+             if (slope := growth([(n, figures[shape, n, key]) for n in counts])) != "n/a"
+             and float(slope) > 1.1]
+    section.notes.append(
+        "Growth: " + ("every figure grows linearly or slower with the process count."
+                      if not bends else "faster than linear: " + "; ".join(bends) + ".")
+        + " Per-process figures (PSS) should stay flat; totals (launch, stop) grow with the "
+          "work; the master's idle CPU and the console grow with the jobs it walks each turn.")
+    section.notes.append(
+        "PSS per process beyond the master is the pages each worker makes its own (its USS) "
+        "plus its share of pages only the workers share; why it is what it is, page by page, "
+        "is in the Footprint section.")
     for shape in SHAPES:
         for key, (label, unit, target, limit) in METRICS.items():
             f = figures[shape, top, key]

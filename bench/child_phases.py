@@ -1,0 +1,129 @@
+"""What each step of a worker process's start costs in private pages, step by step.
+
+    python -m bench.child_phases --configfile X   # the daemon, children stop at GD_STOP_AT
+
+Run as the daemon's entry point, this wraps a few functions of gearman_driver.child and the
+native backend so that every child stops itself (SIGSTOP) at the step named by the
+environment variable GD_STOP_AT. `measure()` starts the daemon once per step and reads the
+stopped children's USS from outside: the growth from one step to the next is what that step
+wrote (a stopped process writes nothing more, and its siblings share what the master changes
+after the forks). The wrappers only observe; they change nothing the child does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STEPS = (
+    ("entry", "right after fork (CPython's after-fork work; the master's writes between forks)"),
+    ("closed", "the master's sockets and pipes closed"),
+    ("before _set_title", "signal handlers, parent-death signal, gc, log context"),
+    ("after _set_title", "process title (setproctitle)"),
+    ("backend run", "runners and the backend object built"),
+    ("registered", "connected and registered with gearmand"),
+    ("idle", "idle for a second"),
+)
+
+
+def _stop_at(step: str) -> None:
+    if step == os.environ.get("GD_STOP_AT"):
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _install() -> None:
+    import dataclasses
+
+    import gearman_driver.backends.native as native
+    import gearman_driver.child as child
+    import gearman_driver.processes as processes
+
+    run_child = processes.run_child
+
+    def traced_run_child(spec: Any, **kwargs: Any) -> Any:
+        _stop_at("entry")
+        close = kwargs["close_inherited"]
+
+        def traced_close() -> None:
+            close()
+            _stop_at("closed")
+        kwargs["close_inherited"] = traced_close
+        return run_child(spec, **kwargs)
+
+    processes.run_child = traced_run_child
+    set_title = child._set_title
+
+    def traced_set_title(spec: Any) -> None:
+        _stop_at("before _set_title")
+        set_title(spec)
+        _stop_at("after _set_title")
+
+    child._set_title = traced_set_title
+    backend_run: Callable[[Any], None] = native.NativeBackend.run
+
+    def traced_run(self: Any) -> None:
+        _stop_at("backend run")
+        registered = self.hooks.on_registered
+
+        def on_registered(server: Any) -> None:
+            registered(server)
+            _stop_at("registered")
+        self.hooks = dataclasses.replace(self.hooks, on_registered=on_registered)
+        backend_run(self)
+
+    native.NativeBackend.run = traced_run  # type: ignore[method-assign]
+
+
+def measure(tmp: Path, port: int, procs: int = 8) -> list[tuple[str, str, float]]:
+    """(step, what it does, median USS in MB of `procs` children stopped after it)."""
+    from bench.common import PYTHON, ROOT, kill_pids, pss_mb
+    from bench.daemon import Daemon
+    from tests.gearmand_util import wait_for
+
+    out = []
+    for step, what in STEPS:
+        daemon = Daemon(tmp / "phases", port, "bw_echo", name="phases",
+                        jobs={"bench.echo": (procs, procs)}, env={"GD_STOP_AT": step})
+        with open(daemon.log_path, "ab") as log:
+            daemon.proc = subprocess.Popen(
+                [PYTHON, "-m", "bench.child_phases", "--configfile", str(daemon.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=daemon.env)
+        try:
+            wait_for(lambda d=daemon, s=step: _settled(d, s, procs), 30, 0.05)
+            time.sleep(1.0)
+            kids = daemon.children()
+            uss = [pss_mb([k], "Private_Clean") + pss_mb([k], "Private_Dirty") for k in kids]
+            out.append((step, what, statistics.median(uss)))
+        finally:  # the master first, so it replaces none of the children killed next
+            kids = daemon.children()
+            if daemon.alive():
+                daemon.signal(signal.SIGTERM)
+            kill_pids(kids)
+            daemon.stop(10)
+    return out
+
+
+def _settled(daemon: Any, step: str, procs: int) -> bool:
+    kids = daemon.children()
+    return len(kids) == procs and (step == "idle" or all(map(_stopped, kids)))
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    _install()
+    from gearman_driver.cli import main
+
+    sys.exit(main(sys.argv[1:]))
