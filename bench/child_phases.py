@@ -2,7 +2,7 @@
 
     python -m bench.child_phases --configfile X   # the daemon, children stop at GD_STOP_AT
 
-Run as the daemon's entry point, this wraps a few functions of gearman_driver.child and the
+Run as the daemon's entry point, this wraps a few functions of gearman_driver.child.process and the
 native backend so that every child stops itself (SIGSTOP) at the step named by the
 environment variable GD_STOP_AT. `measure()` starts the daemon once per step and reads the
 stopped children's USS from outside: the growth from one step to the next is what that step
@@ -41,9 +41,9 @@ def _stop_at(step: str) -> None:
 def _install() -> None:
     import dataclasses
 
-    import gearman_driver.backends.native as native
-    import gearman_driver.child as child
-    import gearman_driver.processes as processes
+    import gearman_driver.child.backends.native as native
+    import gearman_driver.child.process as child
+    import gearman_driver.master.processes as processes
 
     run_child = processes.run_child
 

@@ -82,7 +82,7 @@ def one_run(ctx: Context, port: int, jobs_per_child: int
 FORK_FLOOR = """
 import gc, os, signal, sys
 gc.disable()
-import gearman_driver.driver, gearman_driver.backends.native  # the master's code, no config
+import gearman_driver.master.driver, gearman_driver.child.backends.native  # the master's code
 gc.freeze()
 for _ in range(8):
     if os.fork() == 0:
