@@ -59,6 +59,19 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 HEADLINE = ["figure", "this run", "baseline", "ratio", "target", ""]
 
 
+def _load_note(machine: dict[str, str]) -> list[str]:
+    """Say so when other work loaded the machine as the run began (1-minute load average;
+    the one at the end also counts the benchmark's own processes)."""
+    cores = int(machine.get("cores") or 1)
+    start = machine.get("load average at start", "")
+    if not start or float(start.split()[0]) <= 0.5 * cores:
+        return []
+    return [f"**The machine was loaded while measuring**: 1-minute load average "
+            f"{start.split()[0]} on {cores} cores before the first benchmark started (other "
+            "work shared the cores). Absolute figures are lower and spreads wider than on an "
+            "idle machine; the ratios compare figures measured side by side in this run.", ""]
+
+
 def render(sections: list[Section], machine: dict[str, str], *, quick: bool,
            elapsed: float) -> str:
     machine = {**machine, "load average at end": " ".join(f"{x:.2f}" for x in os.getloadavg())}
@@ -72,6 +85,7 @@ def render(sections: list[Section], machine: dict[str, str], *, quick: bool,
         "Peer figures (Gearman::Driver, GearmanManager, supervisord) are published references "
         "measured earlier on this machine (see Peers at the end), not same-run baselines.",
         "",
+        *_load_note(machine),
         "## Machine",
         "",
         _table(["", ""], [[k, v] for k, v in machine.items()]),
