@@ -34,6 +34,9 @@ from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import SlotWriter, function_slot
 
 log = logging.getLogger("gearman_driver.child")
+# setproctitle moves the environment out of the way of the title on its first use: done once
+# here, in the master, rather than in every child (it copies every variable to the heap).
+setproctitle.getproctitle()
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 #: PR_SET_PDEATHSIG's signal: the master died. Not SIGTERM, which a job may ignore or block.
