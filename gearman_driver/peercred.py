@@ -1,7 +1,8 @@
 """Who is on the other end of a console connection: the peer's uid, from the kernel.
 
 A unix socket says it directly (SO_PEERCRED). For TCP, Linux lists every socket of the
-network namespace in /proc/net/tcp and /proc/net/tcp6 with its owner's uid; the client's
+network namespace in /proc/self/net/tcp and tcp6 with its owner's uid (read through self/: the
+unit's ProcSubset=pid hides /proc/net, not the process's own directory); the client's
 socket is the entry whose local address is our peer and whose remote address is us. An entry
 with inode 0 belongs to no open file any more (closed, orphaned, TIME_WAIT) and is listed as
 uid 0, so it proves nothing: such a peer, like one on another host, has no known uid.
@@ -20,7 +21,7 @@ __all__ = ["ANYONE", "peer_uid", "resolve_users"]
 #: The console_allow_users entry that lets every user change things.
 ANYONE = "*"
 
-_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+_TABLES = ("/proc/self/net/tcp", "/proc/self/net/tcp6")
 _Address = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
 
 

@@ -184,6 +184,18 @@ def test_2_jobs_from_a_client_complete(container: Container) -> None:
     assert json.loads(submit(container, f"{TEXT}.word_count", "a b c").stdout) == {"words": 3}
 
 
+def test_2b_root_controls_the_daemon_over_the_tcp_console_too(container: Container) -> None:
+    # The unit hides /proc's system files (ProcSubset=pid); the TCP peer's uid must still be
+    # found, or root would be a stranger on the TCP console (the same limit: nothing changes).
+    reply = container.run(["gearman-driver-console", "--server", "127.0.0.1:47300",
+                           f"set_max_processes {TEXT}.word_count 8"], check=False)
+    assert (reply.returncode, reply.stdout.split()) == (0, ["OK"]), reply
+    nobody = container.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            "gearman-driver-console", "--server", "127.0.0.1:47300",
+                            f"set_max_processes {TEXT}.word_count 8"], check=False)
+    assert nobody.returncode == 1 and "ERR permission_denied" in nobody.stdout, nobody
+
+
 def test_3_reload_applies_a_new_limit_and_loses_no_job(container: Container) -> None:
     box = container
     assert max_processes(box, f"{TEXT}.word_count") == 8
