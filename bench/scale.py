@@ -46,6 +46,20 @@ METRICS = {  # key: (label, unit, target, limit)
     "stop": ("SIGTERM → exit", "s", "≤ 1 s", 1.0),
 }
 SETTLE = 1.0
+WHY = {  # what a missed figure costs, and what would move it
+    "launch": "the master forks N children one after another and each connects, registers "
+              "and answers an ECHO round trip with gearmand before READY=1; a faster machine "
+              "or fewer processes per master move it",
+    "pss": "each worker's own pages (its USS) plus its share of pages only the workers share: "
+           "see the Footprint section, step by step, for where they come from",
+    "cpu": "each turn (at most 0.2 s apart) the master walks every job, and each interval it "
+           "parses gearmand's status and workers lists for every function; the walk could be "
+           "skipped for jobs with nothing to do",
+    "console": "`status` answers one line per job, so its length grows with the jobs",
+    "reload": "a reload forks a reader that imports ruamel.yaml and jsonschema (about 0.1 s) "
+              "and then compares every job; a reader kept warm would save the import",
+    "stop": "the master signals N children and reaps N exits; gearmand sees N disconnects",
+}
 
 
 def _daemon(ctx: Context, port: int, shape: str, n: int, notify: NotifySocket,
@@ -185,10 +199,11 @@ def _section(ctx: Context, counts: tuple[int, ...], figures: dict[tuple[str, int
                       if not bends else "faster than linear: " + "; ".join(bends) + ".")
         + " Per-process figures (PSS) should stay flat; totals (launch, stop) grow with the "
           "work; the master's idle CPU and the console grow with the jobs it walks each turn.")
-    section.notes.append(
-        "PSS per process beyond the master is the pages each worker makes its own (its USS) "
-        "plus its share of pages only the workers share; why it is what it is, page by page, "
-        "is in the Footprint section.")
+    missed = sorted({key for shape in SHAPES for key, (_, _, _, limit) in METRICS.items()
+                     if figures[shape, top, key].ok
+                     and figures[shape, top, key].median > limit})
+    for key in missed:
+        section.notes.append(f"Missed at N = {top}: {METRICS[key][0]}. Why: {WHY[key]}.")
     for shape in SHAPES:
         for key, (label, unit, target, limit) in METRICS.items():
             f = figures[shape, top, key]
