@@ -273,19 +273,14 @@ class NativeBackend(WorkerBackend):
 
     def _send_result(self, conn: ServerConnection, handle: bytes, result: JobResult) -> None:
         """Send the result, pipelined with the next grab if we go on."""
-        status = result.status
-        if status == "complete":
-            data = result.data
-            if type(data) is not bytes:
-                data = data.encode() if isinstance(data, str) else bytes(data)
-            parts = [result_header(_WORK_COMPLETE, handle, len(data)), data]
-        elif status == "exception":
-            data = result.data
-            if type(data) is not bytes:
-                data = data.encode() if isinstance(data, str) else bytes(data)
-            parts = [result_header(_WORK_EXCEPTION, handle, len(data)), data]
-        else:
+        status, data = result
+        if status == "fail":
             parts = [encode_request(_WORK_FAIL, handle)]
+        else:  # complete, or exception for a job that opted in
+            if type(data) is not bytes:
+                data = data.encode() if isinstance(data, str) else bytes(data)
+            cmd = _WORK_COMPLETE if status == "complete" else _WORK_EXCEPTION
+            parts = [result_header(cmd, handle, len(data)), data]
         if self._stopping or self.hooks.should_stop():
             self._stopping = True
             conn.send_parts(parts)
