@@ -171,7 +171,7 @@ class Autoscaler:
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         """Functions with queued jobs that no job of ours serves: callback, or warn once."""
-        ours = {f for job in self.jobs.values() for f in job.spec.functions}
+        ours = {f for job in self.jobs.in_order() for f in job.spec.functions}
         for name, status in snapshot.functions.items():
             if name in ours or status.total <= 0:
                 continue

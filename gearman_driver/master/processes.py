@@ -104,7 +104,7 @@ class ProcessManager:
 
         The loop wakes then rather than at its next event: otherwise deaths that come faster
         than its turns (a kill -9 storm) each push the start back and starve the job."""
-        due = [job.next_start_at for job in self.jobs.values() if job.next_start_at > now]
+        due = [job.next_start_at for job in self.jobs.in_order() if job.next_start_at > now]
         if self._retry_starts_at > now:
             due.append(self._retry_starts_at)
         return min(due, default=None)
