@@ -127,6 +127,11 @@ class Autoscaler:
                 if waiting:  # peers matter only when there is a shortfall to share
                     drivers = len(driver_peers(snapshot, job.spec.functions)
                                   | {self.driver_id})
+                elif not job.failed_starts and len(live := job.running()) == job.min_processes:
+                    # nothing queued and at its minimum: the rule could neither start nor stop
+                    # one (the common poll of an idle job; with hundreds of jobs it adds up)
+                    saturated = saturated or self._saturated(job, live)
+                    continue
             elif job.min_processes <= len(live := job.running()) <= job.max_processes:
                 # nothing new to decide on (the common idle turn): only watch for saturation
                 saturated = saturated or self._saturated(job, live)
