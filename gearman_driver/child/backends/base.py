@@ -52,6 +52,11 @@ class GearmanJob(abc.ABC):
         return f"<GearmanJob {self.function} handle={self.handle!r} unique={self.unique!r}>"
 
 
+def payload_bytes(data: bytes | str) -> bytes:
+    """What `send_data`/`send_warning` put on the wire: str as UTF-8, bytes-likes as bytes."""
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
 class JobResult(NamedTuple):
     """What the runner tells the backend to send: WORK_COMPLETE, WORK_FAIL or WORK_EXCEPTION.
     A named tuple: immutable, and built once per job for a third of a frozen dataclass's cost."""

@@ -21,7 +21,12 @@ import struct
 import time
 from typing import Any
 
-from gearman_driver.child.backends.base import CONNECT_TIMEOUT, GearmanJob, Server
+from gearman_driver.child.backends.base import (
+    CONNECT_TIMEOUT,
+    GearmanJob,
+    Server,
+    payload_bytes,
+)
 from gearman_driver.protocol import (
     HEADER,
     REQ,
@@ -332,10 +337,6 @@ def result_header(cmd: int, handle: bytes, size: int) -> bytes:
     return HEADER.pack(REQ, cmd, len(handle) + 1 + size) + handle + b"\0"
 
 
-def _as_bytes(data: bytes | str) -> bytes:
-    return data.encode() if isinstance(data, str) else bytes(data)
-
-
 class NativeJob(GearmanJob):
     """A job taken on one connection; progress packets go out on that connection at once."""
 
@@ -359,7 +360,7 @@ class NativeJob(GearmanJob):
         )
 
     def send_data(self, data: bytes | str) -> None:
-        self._conn.send_now(encode_request(Cmd.WORK_DATA, self.handle, _as_bytes(data)))
+        self._conn.send_now(encode_request(Cmd.WORK_DATA, self.handle, payload_bytes(data)))
 
     def send_warning(self, data: bytes | str) -> None:
-        self._conn.send_now(encode_request(Cmd.WORK_WARNING, self.handle, _as_bytes(data)))
+        self._conn.send_now(encode_request(Cmd.WORK_WARNING, self.handle, payload_bytes(data)))

@@ -29,6 +29,7 @@ from gearman_driver.child.backends.base import (
     JobResult,
     Server,
     WorkerBackend,
+    payload_bytes,
 )
 
 log = logging.getLogger("gearman_driver.backends.pygearman_backend")
@@ -48,14 +49,10 @@ class _Job(GearmanJob):
         self._worker.send_job_status(self._raw, int(numerator), int(denominator))
 
     def send_data(self, data: bytes | str) -> None:
-        self._worker.send_job_data(self._raw, _as_bytes(data))
+        self._worker.send_job_data(self._raw, payload_bytes(data))
 
     def send_warning(self, data: bytes | str) -> None:
-        self._worker.send_job_warning(self._raw, _as_bytes(data))
-
-
-def _as_bytes(data: bytes | str) -> bytes:
-    return data.encode() if isinstance(data, str) else bytes(data)
+        self._worker.send_job_warning(self._raw, payload_bytes(data))
 
 
 class _Handler(GearmanWorkerCommandHandler):
