@@ -202,7 +202,7 @@ def _section(ctx: Context, n: int, figures: dict[tuple[str, int], Figure],
     ours, floor_u, c_u = user["driver native"], user[MINIMAL], user[C_WORKER]
     if ours.ok and floor_u.ok and c_u.ok:
         section.notes.append(
-            f"Why the native backend trails the minimal loop: its process spends "
+            f"Where the native backend trails the minimal loop, this is why: its process spends "
             f"{fmt(ours.median)} µs of user CPU per job against {fmt(floor_u.median)} µs for "
             f"the minimal loop and {fmt(c_u.median)} µs for the C worker, while system time "
             f"(the kernel's share: with one server the native backend, like the minimal loop, "
@@ -217,6 +217,15 @@ def _section(ctx: Context, n: int, figures: dict[tuple[str, int], Figure],
             "it: fewer Python-level calls per job (one function for parse → run → reply on "
             "the single-server path; the scoreboard's three writes as one), or the job path "
             "in C (an extension module).")
+    wide = [v for v in VARIANTS if figures[v, 1].ok and figures[v, 1].lo > 0
+            and figures[v, 1].hi / figures[v, 1].lo > 2]
+    if wide:
+        section.notes.append(
+            "With one process the rates of " + ", ".join(wide) + " varied more than twofold "
+            "between repeats while their CPU per job did not: a single worker and gearmand "
+            "hand every job to each other, so the rate follows where the scheduler puts the "
+            "two on the 2 shared cores (on the same core each job waits for a context switch). "
+            "The 2-process rates and the CPU per job are the steadier comparison.")
     section.tables.append(("Sanity: 10 ms jobs (`time.sleep(0.01)`)", ["figure", "value"],
                            [[sleep_rate.label, sleep_rate.cell()]]))
     for p in (1, 2):
