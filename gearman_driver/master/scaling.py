@@ -91,8 +91,9 @@ def decide(job: JobFigures) -> Decision:
     if waiting > 0:
         # Scale up only when nobody is free to take the waiting jobs.
         if all(p.busy for p in live) and remaining < hi:
-            wanted = min(waiting, hi - remaining)
-            start = max(start, math.ceil(wanted / drivers))
+            # our share of the waiting jobs, up to our own room: each driver has its own max
+            wanted = min(math.ceil(waiting / drivers), hi - remaining)
+            start = max(start, wanted)
     elif remaining > lo:
         for p in idle:
             if remaining <= lo:
