@@ -205,7 +205,7 @@ def _section(ctx: Context, burst: int, ideal: float, share_lo: Figure, share_hi:
              job_lo: Figure, job_hi: Figure, drain: Figure, starts_total: Figure,
              two: dict[str, Figure], ramp: Figure) -> Section:
     section = Section("fairness", "Fairness: three drivers, one or two gearmand",
-                      intro=__doc__.split("\n\n", 1)[1].strip().replace("\n", " ")
+                      intro=" ".join(__doc__.split("\n\n", 1)[1].split())
                       + f" Burst: {burst:,} jobs; ideal drain {fmt(ideal)} s "
                         f"({burst:,} × 10 ms / 24). Median of {ctx.reps} (min–max).")
     section.tables.append(("One gearmand", ["figure", "value"], [
