@@ -386,6 +386,15 @@ check.
 12. **Reading a config was unbounded**: an alias bomb took 42 s and 1.2 GB, a 50 MB file 152 s,
     `/dev/zero` 1.8 GB and a traceback — `tests/faults/test_config_bounds.py`. Now 128 KiB,
     50,000 values after alias expansion and 32 levels at most, each refused in one located line.
+13. **The fix for bug 5 made a kill -9 storm starve** — `tests/faults/test_kill_storm.py` took
+    44–60 s instead of 7.4 s (client time-outs on a loaded machine): every busy death pushed the
+    job's next start 0.1 s ahead while the loop woke only at the next death, and the streak
+    ramped to 6.4 s once the pool was down to one process. The streak now restarts when a live
+    sibling delivered since the last failure (a poison handle still ramps on its own count) and
+    the loop wakes when a backed-off start is due (unit tests in `tests/unit/test_processes.py`).
+14. **The orphan watcher thread of bug 6's first fix broke starts under RLIMIT_NPROC** (a thread
+    is a task: "can't start new thread", exit 70, in `tests/faults/test_process_ceiling.py`) and
+    woke every worker once a second; replaced by the death signal and forked guard of bug 6.
 """
 
 
