@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import signal
-import socket
 import time
 
 from bench import plots
@@ -29,7 +28,7 @@ from bench.common import (
     progress,
     pss_mb,
 )
-from bench.control import NotifySocket
+from bench.control import NotifySocket, status_round_trips
 from bench.daemon import Daemon, ProcessGroup, bare_worker_argv
 from tests.driver_util import cpu_seconds
 from tests.gearmand_util import free_port
@@ -77,17 +76,7 @@ def _daemon(ctx: Context, port: int, shape: str, n: int, notify: NotifySocket,
 
 def console_round_trip(port: int, samples: int) -> Figure:
     """Median of `status` round trips on one console connection."""
-    figure = Figure("console status", "ms")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        reader = sock.makefile("rb")
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            sock.sendall(b"status\n")
-            while reader.readline().rstrip(b"\r\n") != b".":
-                pass
-            figure.add(1000 * (time.perf_counter() - t0))
-            time.sleep(0.02)
-    return figure
+    return status_round_trips(port, samples, Figure("console status", "ms"))
 
 
 def one_run(ctx: Context, port: int, shape: str, n: int) -> dict[str, float | None]:
