@@ -170,10 +170,9 @@ class Driver:
         assert self.selector is not None and self.processes is not None
         if self.endpoints is not None and self.endpoints.loop_lag is not None:
             self.endpoints.loop_lag.turn(time.monotonic())
-        wait = TURN_SECONDS
-        due = self.processes.next_start_due(time.monotonic())
-        if due is not None:
-            wait = min(wait, max(0.0, due - time.monotonic()))
+        before = time.monotonic()
+        due = self.processes.next_start_due(before)
+        wait = TURN_SECONDS if due is None else min(TURN_SECONDS, due - before)
         for key, mask in self.selector.select(wait):
             key.data(mask)
         now = time.monotonic()
