@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 STEPS = (
-    ("entry", "right after fork (CPython's after-fork work; the master's writes between forks)"),
+    ("fork", "right after fork: CPython's after-fork work and handlers (threading, logging, "
+             "random), nothing of ours"),
+    ("entry", "the fork's return into our code, run_child entered"),
     ("closed", "the master's sockets and pipes closed"),
     ("before _set_title", "signal handlers, parent-death signal, gc, log context"),
     ("after _set_title", "process title (setproctitle)"),
@@ -46,6 +48,18 @@ def _install() -> None:
     import gearman_driver.master.processes as processes
 
     run_child = processes.run_child
+    starting = [False]  # only the master's forks of workers stop, not its config reader's
+    os.register_at_fork(after_in_child=lambda: _stop_at("fork") if starting[0] else None)
+    start_batch = processes.ProcessManager.start_batch
+
+    def traced_start_batch(self: Any, requests: Any) -> Any:
+        starting[0] = True
+        try:
+            return start_batch(self, requests)
+        finally:
+            starting[0] = False
+
+    processes.ProcessManager.start_batch = traced_start_batch  # type: ignore[method-assign]
 
     def traced_run_child(spec: Any, **kwargs: Any) -> Any:
         _stop_at("entry")

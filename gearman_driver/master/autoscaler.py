@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import selectors
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gearman_driver import gcpolicy
 from gearman_driver.config.settings import Settings
 from gearman_driver.jobs.table import Job, JobTable, Process
 from gearman_driver.master.observer import Observer, Snapshot, driver_peers
+from gearman_driver.master.processes import StartRequest
 from gearman_driver.master.scaling import JobFigures, ProcessFigures, decide
 from gearman_driver.scoreboard import SlotView, State
 
@@ -31,7 +32,7 @@ class Processes(Protocol):
     """What scaling may do with processes (master/processes.py's ProcessManager)."""
 
     def can_start(self, job: Job, now: float) -> bool: ...
-    def start(self, job: Job, reason: str) -> int | None: ...
+    def start_batch(self, requests: Sequence[StartRequest]) -> list[int]: ...
     def stop(self, process: Process, reason: str, now: float | None = None) -> None: ...
     def note_working(self, job: Job, view: SlotView) -> None: ...
 
@@ -117,6 +118,7 @@ class Autoscaler:
         processes = self.processes
         snapshot = self.snapshot
         saturated = False
+        starts: list[StartRequest] = []
         for job in self.jobs.in_order():
             waiting: int | None = None
             drivers = 1
@@ -139,17 +141,18 @@ class Autoscaler:
             figures = self._figures(job, waiting, drivers)
             decision = decide(figures)
             if decision.start and processes.can_start(job, now):
-                reason = "scale up" if waiting else "min_processes"
-                gcpolicy.before_fork()
                 # after a failed start, one process at a time probes whether the job works
-                for _ in range(1 if job.failed_starts else decision.start):
-                    if processes.start(job, reason) is None:
-                        break  # backed off: no more tries this turn
+                starts.append(StartRequest(job, 1 if job.failed_starts else decision.start,
+                                           "scale up" if waiting else "min_processes"))
+            else:  # a job about to get processes has room being filled: not saturated
+                saturated = saturated or self._saturated(job)
             for pid in decision.stop:
                 process = job.processes.get(pid)
                 if process is not None:
                     processes.stop(process, "idle" if waiting == 0 else "max_processes")
-            saturated = saturated or self._saturated(job)
+        if starts:  # every job's starts in one batch: see ProcessManager.start_batch
+            gcpolicy.before_fork()
+            processes.start_batch(starts)
         if saturated and self.observer is not None and \
                 now - self._last_saturation_poll >= SATURATION_POLL_GAP:
             if self.observer.start_poll(now):

@@ -3,7 +3,7 @@ process manager, a fake scoreboard and scripted gearmand snapshots."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -11,7 +11,7 @@ from gearman_driver.config.settings import Settings, load_settings
 from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec, Process
 from gearman_driver.master.autoscaler import Autoscaler
 from gearman_driver.master.observer import FunctionStatus, Snapshot, WorkerEntry
-from gearman_driver.master.processes import ProcessManager
+from gearman_driver.master.processes import ProcessManager, StartRequest
 from gearman_driver.scoreboard import SlotView, State
 
 SERVER = ("127.0.0.1", 4730)
@@ -49,15 +49,19 @@ class FakeProcesses:
     def can_start(self, job: Job, now: float) -> bool:
         return now >= job.next_start_at
 
-    def start(self, job: Job, reason: str) -> int | None:
-        if self.refuse:
-            return None
-        self.next_pid += 1
-        pid = slot = self.next_pid
-        self.scoreboard.views[slot] = idle_view(pid, self.wall())
-        self.jobs.add_process(job, Process(pid, slot, job.name, 0.0))
-        self.started.append((job.name, reason))
-        return pid
+    def start_batch(self, requests: Sequence[StartRequest]) -> list[int]:
+        pids: list[int] = []
+        if self.refuse:  # as the real one: the first start that cannot happen ends the batch
+            return pids
+        for job, count, reason in requests:
+            for _ in range(count):
+                self.next_pid += 1
+                pid = slot = self.next_pid
+                self.scoreboard.views[slot] = idle_view(pid, self.wall())
+                self.jobs.add_process(job, Process(pid, slot, job.name, 0.0))
+                self.started.append((job.name, reason))
+                pids.append(pid)
+        return pids
 
     def stop(self, process: Process, reason: str, now: float | None = None) -> None:
         process.stopping = True

@@ -3,10 +3,14 @@ recycling reasons, and the deadlines it enforces (signals go to a recorder, not 
 
 from __future__ import annotations
 
+import errno
 import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
+import gearman_driver.master.processes as processes_module
 from gearman_driver.jobs.options import JobOptions
 from gearman_driver.jobs.table import Job, JobSpec, JobTable, MethodSpec, Process
 from gearman_driver.master.processes import (
@@ -14,9 +18,10 @@ from gearman_driver.master.processes import (
     FAILED_START_WINDOW,
     POISON_BACKOFF_BASE,
     ProcessManager,
+    StartRequest,
 )
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
-from gearman_driver.scoreboard import Scoreboard
+from gearman_driver.scoreboard import Scoreboard, State
 
 EXITED_0, EXITED_1, KILLED = 0, 1 << 8, signal.SIGKILL
 
@@ -201,3 +206,63 @@ def test_the_loop_is_told_when_a_backed_off_start_is_due() -> None:
     rig.exit(rig.process(99.0), EXITED_1, 100.0)  # a failed start: next one in 1 s
     assert rig.manager.next_start_due(100.0) == 101.0
     assert rig.manager.next_start_due(101.0) is None  # due now: nothing left to wait for
+
+
+def free_slots(board: Scoreboard) -> int:
+    """How many slots can still be allocated (allocates them all: call it last)."""
+    count = 0
+    while True:
+        try:
+            board.allocate()
+        except IndexError:
+            return count
+        count += 1
+
+
+class FakeFork:
+    """Stands in for os.fork in the master: returns pids (or raises) and notes how many
+    processes the table held at each fork."""
+
+    def __init__(self, rig: Rig, fail_after: int | None = None) -> None:
+        self.rig, self.fail_after = rig, fail_after
+        self.recorded_at_fork: list[int] = []
+
+    def __call__(self) -> int:
+        if self.fail_after is not None and len(self.recorded_at_fork) == self.fail_after:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        self.recorded_at_fork.append(len(self.rig.job.processes))
+        return 1000 + len(self.recorded_at_fork)
+
+
+def test_a_batch_forks_every_process_before_recording_any(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = Rig()
+    fork = FakeFork(rig)
+    monkeypatch.setattr(processes_module.os, "fork", fork)
+    pids = rig.manager.start_batch([StartRequest(rig.job, 3, "min_processes")])
+    assert pids == [1001, 1002, 1003]
+    assert fork.recorded_at_fork == [0, 0, 0]  # nothing written between the forks
+    assert sorted(rig.job.processes) == pids
+    assert rig.job.starts_total == 3
+    assert {rig.board.read(p.slot).state for p in rig.job.processes.values()} == {
+        State.STARTING}
+
+
+def test_a_fork_failing_mid_batch_keeps_the_forked_frees_the_rest_and_backs_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = Rig()
+    monkeypatch.setattr(processes_module.os, "fork", FakeFork(rig, fail_after=2))
+    assert rig.manager.start_batch([StartRequest(rig.job, 4, "min_processes")]) == [1001, 1002]
+    assert len(rig.job.processes) == 2
+    assert free_slots(rig.board) == rig.board.size - 2  # the two never forked gave theirs back
+    assert rig.manager.start_failures == 1
+    assert not rig.manager.can_start(rig.job, time.monotonic())  # every start held back
+
+
+def test_a_batch_past_the_scoreboard_stops_at_its_last_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = Rig()
+    monkeypatch.setattr(processes_module.os, "fork", FakeFork(rig))
+    pids = rig.manager.start_batch([StartRequest(rig.job, rig.board.size + 2, "scale up")])
+    assert len(pids) == rig.board.size
+    assert rig.manager.start_failures == 1
