@@ -209,14 +209,15 @@ def _section(ctx: Context, n: int, figures: dict[tuple[str, int], Figure],
             f"makes two system calls per job, a recv and a send, and no epoll) is "
             f"{fmt(system['driver native'].median)} / {fmt(system[MINIMAL].median)} / "
             f"{fmt(system[C_WORKER].median)} µs. The "
-            "difference is Python work the driver's guarantees cost per job: the runner "
-            "(scoreboard writes, hooks, result coercion, the journal's job context: see "
-            "'wrapper cost' in the Profile section), parsing and dispatch, building and "
-            "sending the reply, the result-sent mark. gearmand's own time per job is the "
-            "same for all, so the ratio of rates is smaller than that of CPU. What would move "
-            "it: fewer Python-level calls per job (one function for parse → run → reply on "
-            "the single-server path; the scoreboard's three writes as one), or the job path "
-            "in C (an extension module).")
+            "difference is Python work the driver's guarantees cost per job, on a job path "
+            "that with one server is already one function (recv, split the job in place, run, "
+            "result and next grab in one send, result-sent mark): the runner around the "
+            "user's method (three scoreboard writes, job started, finished and result sent, "
+            "separate moments the master's accounting relies on; the journal's job context; "
+            "result coercion: see 'wrapper cost' in the Profile section) and the GearmanJob "
+            "the method receives. gearmand's own time per job is the same for all, so the "
+            "ratio of rates is smaller than that of CPU. What would move it further: the job "
+            "path in C (an extension module).")
     wide = [v for v in VARIANTS if figures[v, 1].ok and figures[v, 1].lo > 0
             and figures[v, 1].hi / figures[v, 1].lo > 2]
     if wide:

@@ -32,14 +32,17 @@ MAX_PROCESSES = 4096
 
 ERROR_BYTES = 200
 HANDLE_BYTES = 64
-# One slot, field by field (native byte order, packed, so the child's typed memoryviews
-# and the master's structs agree). The child rewrites only the fields that
-# change on the job path; the master reads the whole slot.
+# One slot, field by field (native byte order, packed, so the child's structs and typed
+# memoryviews and the master's structs agree). The child rewrites only the fields that
+# change on the job path, and each of its three writes per job is one `pack_into` of
+# adjacent fields (hence the order); the master reads the whole slot. The handle is a
+# Pascal string (a length byte, then at most HANDLE_BYTES bytes).
 _FIELDS = (
-    ("seq", "I"), ("pid", "i"), ("state", "B"), ("pad", "x"), ("registered", "H"),
-    ("jobs_done", "Q"), ("delivered", "Q"), ("started", "d"), ("job_started", "d"),
-    ("last_end", "d"), ("last_end_mono", "d"), ("last_error", "d"), ("error_len", "H"),
-    ("error", f"{ERROR_BYTES}s"), ("handle_len", "H"), ("handle", f"{HANDLE_BYTES}s"),
+    ("seq", "I"), ("pid", "i"), ("registered", "H"), ("started", "d"), ("last_error", "d"),
+    ("error_len", "H"), ("error", f"{ERROR_BYTES}s"),
+    ("jobs_done", "Q"), ("last_end", "d"), ("last_end_mono", "d"),  # job finished
+    ("delivered", "Q"), ("state", "B"),  # result sent
+    ("job_started", "d"), ("handle", f"{HANDLE_BYTES + 1}p"),  # job started (with state)
 )
 _LAYOUT = struct.Struct("=" + "".join(fmt for _, fmt in _FIELDS))
 _OFFSET = {name: struct.calcsize("=" + "".join(fmt for _, fmt in _FIELDS[:i]))
@@ -48,6 +51,12 @@ _HEAD = struct.Struct("=I")
 _STATE = struct.Struct("=B")
 _REGISTERED = struct.Struct("=H")
 _ERROR = struct.Struct(f"=dH{ERROR_BYTES}s")  # last_error, error_len, error
+_FINISHED = struct.Struct("=Qdd")  # jobs_done, last_end, last_end_mono
+_SENT = struct.Struct("=QB")  # delivered, state
+_STARTED = struct.Struct(f"=Bd{HANDLE_BYTES + 1}p")  # state, job_started, handle
+_pack_started, _pack_finished, _pack_sent = _STARTED.pack_into, _FINISHED.pack_into, \
+    _SENT.pack_into
+_time, _monotonic = time.time, time.monotonic
 #: Upper bounds (seconds) of the job duration histogram's buckets, suited to jobs of a few
 #: milliseconds to minutes; a last bucket (+Inf) takes the rest. Fine below 2.5 s, where
 #: most jobs end, coarser above: every bucket is a line per job in each scrape.
@@ -169,12 +178,12 @@ class Scoreboard:
             values = _LAYOUT.unpack_from(self._mem, offset)
             if values[0] % 2 == 0 and _HEAD.unpack_from(self._mem, offset)[0] == values[0]:
                 break
-        (_, pid, state, registered, jobs_done, delivered, started, job_started, last_end,
-         last_end_mono, last_error, length, text, handle_length, handle) = values
+        (_, pid, registered, started, last_error, length, text, jobs_done, last_end,
+         last_end_mono, delivered, state, job_started, handle) = values
         return SlotView(
             pid, State(state), registered, jobs_done, delivered, started, job_started, last_end,
             last_end_mono, last_error, text[:length].decode("utf-8", "replace"),
-            handle[:handle_length].decode("ascii", "replace"),
+            handle.decode("ascii", "replace"),
         )
 
     # -- child side ---------------------------------------------------------------------------
@@ -187,62 +196,50 @@ class Scoreboard:
         last_error: float, error: bytes, handle: bytes,
     ) -> None:
         offset = slot * _SLOT_SIZE
-        seq = _HEAD.unpack_from(self._mem, offset)[0]
-        _HEAD.pack_into(self._mem, offset, seq + 1)
+        seq = _HEAD.unpack_from(self._mem, offset)[0] | 1  # odd, and the child's was even
+        _HEAD.pack_into(self._mem, offset, seq)
         error = error[:ERROR_BYTES]
-        handle = handle[:HANDLE_BYTES]
         _LAYOUT.pack_into(
-            self._mem, offset, seq + 1, pid, state, registered, jobs_done, delivered, started,
-            job_started,
-            last_end, last_end_mono, last_error, len(error), error, len(handle), handle,
+            self._mem, offset, seq, pid, registered, started, last_error, len(error), error,
+            jobs_done, last_end, last_end_mono, delivered, state, job_started, handle,
         )
         if state in (State.FREE, State.STARTING):  # a new or reused slot counts from zero
             start = offset + _COUNTERS_AT
             self._mem[start:start + _COUNTERS.size] = _ZERO_COUNTERS
-        _HEAD.pack_into(self._mem, offset, seq + 2)
+        _HEAD.pack_into(self._mem, offset, (seq + 1) & 0xFFFFFFFF)
 
 
 class SlotWriter:
     """The child's handle on its own slot: the only writer of that slot while the child lives,
-    so it keeps the sequence counter itself and rewrites only the fields that changed. Every
-    field on the job path is written through a typed view of the slot (an item assignment,
-    a few tens of ns) rather than a `pack_into`: the three writes of a job stay near 1 µs."""
+    so it keeps the sequence counter itself and rewrites only the fields that changed. Each
+    write on the job path is one `pack_into` of adjacent fields, a few counter increments
+    through typed views of the slot, and the two sequence stores: the three writes of a job
+    stay near 1 µs."""
 
     def __init__(self, board: Scoreboard, slot: int) -> None:
         self._mem = board._mem
         self._base = base = slot * _SLOT_SIZE
         self.slot = slot
-        self._seq = _HEAD.unpack_from(self._mem, base)[0]
+        self._seq = _HEAD.unpack_from(self._mem, base)[0] & ~1  # even between writes
         self.jobs_done = 0
         self.delivered = 0
         self._job_started = time.monotonic()
         whole = memoryview(self._mem)
-
-        def at(name: str, size: int) -> memoryview:
-            start = base + _OFFSET[name]
-            return whole[start:start + size]
-
-        self._seq_v = at("seq", 4).cast("I")
+        self._seq_v = whole[base:base + 4].cast("I")
         self._state_at = base + _STATE_AT
-        self._done_v = at("jobs_done", 8).cast("Q")
-        self._delivered_v = at("delivered", 8).cast("Q")
-        self._job_started_v = at("job_started", 8).cast("d")
-        self._ends_v = at("last_end", 16).cast("d")  # last_end, last_end_mono
-        self._handle_len_v = at("handle_len", 2).cast("H")
-        self._handle_at = base + _OFFSET["handle"]
+        self._finished_at = base + _OFFSET["jobs_done"]
+        self._sent_at = base + _OFFSET["delivered"]
         start = base + _COUNTERS_AT
         area = whole[start:start + _COUNTERS.size]
         self._sum_view = area[:8].cast("d")
         self._count_view = area[8:].cast("Q")  # buckets, then outcomes
 
     def _begin(self) -> int:
-        self._seq += 1  # odd: a reader retries until the write is over
-        self._seq_v[0] = self._seq & 0xFFFFFFFF
+        self._seq_v[0] = self._seq + 1  # odd: a reader retries until the write is over
         return self._base
 
     def _end(self) -> None:
-        self._seq += 1
-        self._seq_v[0] = self._seq & 0xFFFFFFFF
+        self._seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
 
     def ready(self, pid: int) -> None:
         base = self._begin()
@@ -256,34 +253,22 @@ class SlotWriter:
         self._end()
 
     def job_started(self, handle: bytes = b"") -> None:
-        seq = self._seq + 2  # the _begin/_end pair, inlined on the job path
-        self._seq = seq
+        """BUSY with this job (its handle, and when it began: the master's timeouts)."""
         seq_v = self._seq_v
-        seq_v[0] = (seq - 1) & 0xFFFFFFFF
-        self._job_started = time.monotonic()
-        mem = self._mem
-        mem[self._state_at] = _BUSY
-        self._job_started_v[0] = time.time()
-        handle = handle[:HANDLE_BYTES]
-        size = self._handle_len_v[0] = len(handle)
-        at = self._handle_at
-        mem[at:at + size] = handle
-        seq_v[0] = seq & 0xFFFFFFFF
+        seq_v[0] = self._seq + 1  # the _begin/_end pair, inlined on the job path
+        self._job_started = _monotonic()
+        _pack_started(self._mem, self._state_at, _BUSY, _time(), handle)
+        seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
 
     def job_finished(self, error: str | None = None, function: int = 0) -> None:
         """The job's code is over: count it, by `function` (see `function_slot`) and outcome
         (failed when `error` is given), and its duration into the histogram. The process
         stays BUSY until `result_sent`."""
-        now, mono = time.time(), time.monotonic()
+        now, mono = _time(), _monotonic()
         done = self.jobs_done = self.jobs_done + 1
-        seq = self._seq + 2
-        self._seq = seq
         seq_v = self._seq_v
-        seq_v[0] = (seq - 1) & 0xFFFFFFFF
-        self._done_v[0] = done
-        ends = self._ends_v
-        ends[0] = now
-        ends[1] = mono
+        seq_v[0] = self._seq + 1
+        _pack_finished(self._mem, self._finished_at, done, now, mono)
         duration = mono - self._job_started
         counts = self._count_view
         counts[bisect_left(DURATION_BUCKETS, duration)] += 1
@@ -292,21 +277,19 @@ class SlotWriter:
         if error is not None:
             text = " ".join(error.split()).encode("utf-8", "replace")[:ERROR_BYTES]
             _ERROR.pack_into(self._mem, self._base + _OFFSET["last_error"], now, len(text), text)
-        seq_v[0] = seq & 0xFFFFFFFF
+        seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
 
     def result_sent(self, delivered: bool) -> None:
         """The backend wrote the result to gearmand's socket (or lost the connection trying).
 
         Only now is the job off our hands: a process that dies BUSY took a job with it,
         which gearmand hands to the next worker, so the master backs off its replacement."""
-        seq = self._seq + 2
-        self._seq = seq
         seq_v = self._seq_v
-        seq_v[0] = (seq - 1) & 0xFFFFFFFF
+        seq_v[0] = self._seq + 1
         if delivered:
             self.delivered += 1
-            self._delivered_v[0] = self.delivered
-            self._mem[self._state_at] = _IDLE
+            _pack_sent(self._mem, self._sent_at, self.delivered, _IDLE)
         else:
             self._mem[self._state_at] = _LOST
-        seq_v[0] = seq & 0xFFFFFFFF
+        seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
+

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import setproctitle  # imported by the master: not once more in every child
 
-from gearman_driver import gcpolicy
+from gearman_driver import gcpolicy, journal
 from gearman_driver.api import Worker
 from gearman_driver.child.backends import (
     BackendHooks,
@@ -29,7 +29,7 @@ from gearman_driver.child.backends import (
 )
 from gearman_driver.child.recycle import Recycler
 from gearman_driver.jobs.table import JobSpec, MethodSpec
-from gearman_driver.logs import job_done, job_in_hand, set_process_context
+from gearman_driver.logs import set_process_context
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import SlotWriter, function_slot
 
@@ -71,13 +71,18 @@ def to_result_bytes(function: str, value: Any) -> bytes:
 
 
 def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
-                after_job: Callable[[GearmanJob], None], index: int = 0) -> JobRunner:
+                after_job: Callable[[GearmanJob], None] | None, index: int = 0) -> JobRunner:
     """Wraps one job method: decode, begin hook, the method, end hook, encode, scoreboard.
-    `index` is the method's place in the job, under which the scoreboard counts its jobs.
+    `index` is the method's place in the job, under which the scoreboard counts its jobs;
+    `after_job` (None: nothing to do) runs once the job is over, before its result is sent.
 
     Whatever raises fails the job with a plain WORK_FAIL, which every client understands;
     the exception text goes only to the log and the scoreboard, and to the client as
     WORK_EXCEPTION only for a job that opted in (docs/protocol.md says why).
+
+    Runs on every job: each step the job does not need (no decode, no hooks, nothing after
+    the job) is skipped rather than called, and the journal's job context (what
+    logs.job_in_hand and logs.job_done do) is set in place.
     """
     worker = spec.worker
     body, encode, decode, function = method.body, method.encode, method.decode, method.function
@@ -85,11 +90,13 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     exceptions = method.exceptions
     begin, end = _hook(worker, "begin"), _hook(worker, "end")
     started, finished = writer.job_started, writer.job_finished
+    context = journal
+    new_result = tuple.__new__
 
     def run(job: GearmanJob) -> JobResult:
         handle = job.handle
         started(handle)
-        job_in_hand(function, handle)
+        context.job_in_hand = (function, handle)
         error: str | None = None
         try:
             workload = decode(job.workload) if decode else job.workload
@@ -106,7 +113,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
                 result = encode(result)
             if type(result) is not bytes:
                 result = to_result_bytes(function, result)
-            return JobResult("complete", result)
+            return new_result(JobResult, ("complete", result))  # JobResult(...) costs 2x
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.exception("job %s (handle %s) failed: %s", function,
@@ -115,9 +122,10 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
                 return JobResult("exception", error.encode("utf-8", "replace"))
             return JobResult("fail")
         finally:
-            job_done()
+            context.job_in_hand = None
             finished(error, index)
-            after_job(job)
+            if after_job is not None:
+                after_job(job)
 
     return run
 
@@ -224,12 +232,14 @@ def run_child(
 
         recycler = Recycler(max_jobs, max_rss_mb)
 
-        def after_job(job: GearmanJob) -> None:
+        def recycle(job: GearmanJob) -> None:
             why = recycler.after_job()
             if why is not None:
                 log.info("recycling after job %s (handle %s), process %d: %s", job.function,
                          job.handle.decode("ascii", "replace"), pid, why)
                 stop[0] = True
+
+        after_job = recycle if recycler.active else None
 
         registered: set[tuple[str, int]] = set()
 

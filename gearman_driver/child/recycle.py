@@ -54,6 +54,11 @@ class Recycler:
         self.jobs = 0
         self._statm = StatmReader() if self.max_rss else None
 
+    @property
+    def active(self) -> bool:
+        """False when neither limit is set: then nothing needs calling after each job."""
+        return bool(self.max_jobs or self.max_rss)
+
     def after_job(self) -> str | None:
         """Why this process should stop now (for the log), or None to go on."""
         self.jobs += 1

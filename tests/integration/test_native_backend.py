@@ -38,7 +38,7 @@ from gearmand_util import (  # noqa: E402
 
 from gearman_driver.child.backends.base import BackendHooks, GearmanJob, JobResult, Server  # noqa: E402
 from gearman_driver.child.backends.native import NativeBackend  # noqa: E402
-from gearman_driver.protocol import RES, Cmd, encode_response  # noqa: E402
+from gearman_driver.protocol import DEFAULT_MAX_PACKET, RES, Cmd, encode_response  # noqa: E402
 
 CTX = mp.get_context("fork")
 LOCAL = "127.0.0.1"
@@ -89,18 +89,20 @@ class Worker:
         max_backoff: float = 0.5,
         poll_interval: float = 0.5,
         on_registered_probe: Callable[[Server], Any] | None = None,
+        max_workload: int = DEFAULT_MAX_PACKET,
     ) -> None:
         self.stop_flag = CTX.Event()
         self.events: mp.Queue[tuple[Any, ...]] = CTX.Queue()
         self.seen: list[tuple[Any, ...]] = []
-        args = (servers, functions, client_id, max_backoff, poll_interval, on_registered_probe)
+        args = (servers, functions, client_id, max_backoff, poll_interval, on_registered_probe,
+                max_workload)
         self.proc = CTX.Process(target=self._main, args=args, daemon=True)
         self.proc.start()
 
     def _main(
         self, servers: list[Server], functions: dict[str, Runner], client_id: str,
         max_backoff: float, poll_interval: float,
-        probe: Callable[[Server], Any] | None,
+        probe: Callable[[Server], Any] | None, max_workload: int,
     ) -> None:
         events = self.events
 
@@ -121,7 +123,8 @@ class Worker:
             on_disconnected=lambda server: events.put(("disconnected", server)),
             poll_interval=poll_interval,
         )
-        NativeBackend(servers, client_id, functions, hooks, max_backoff=max_backoff).run()
+        NativeBackend(servers, client_id, functions, hooks, max_backoff=max_backoff,
+                      max_workload=max_workload).run()
         events.put(("returned",))
 
     def wait(self, kind: str, *match: Any, timeout: float = 10.0) -> tuple[Any, ...]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 
-from gearman_driver.scoreboard import ERROR_BYTES, Scoreboard, State
+from gearman_driver.scoreboard import ERROR_BYTES, HANDLE_BYTES, Scoreboard, State
 
 
 def test_child_writes_are_seen_by_the_master_after_fork() -> None:
@@ -61,3 +62,21 @@ def test_a_job_is_in_hand_until_its_result_is_sent() -> None:
     view = board.read(slot)
     assert (view.state, view.jobs_done, view.delivered, view.handle) == (State.LOST, 2, 1, "H:2")
     assert not view.busy
+
+
+def test_a_long_handle_is_cut_and_the_sequence_wraps_without_a_torn_read() -> None:
+    """gearmand's handles fit HANDLE_BYTES; a longer one is cut, never written past its
+    field. The sequence counter is 32 bits: the child's writes carry on across its wrap."""
+    board = Scoreboard(1)
+    slot = board.allocate()
+    board._write(slot, 10, State.IDLE, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"")
+    struct.pack_into("=I", board._mem, 0, 0xFFFFFFFE)  # the next write wraps
+    writer = board.child_writer(slot)
+    writer.job_started(b"H:" + b"9" * 100)
+    view = board.read(slot)
+    assert view.handle == ("H:" + "9" * 100)[:HANDLE_BYTES] and view.state == State.BUSY
+    writer.job_finished()
+    writer.result_sent(True)
+    assert struct.unpack_from("=I", board._mem, 0)[0] == 4  # even: no write in progress
+    view = board.read(slot)
+    assert (view.state, view.jobs_done, view.delivered, view.pid) == (State.IDLE, 1, 1, 10)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gearman_driver import Worker, job
+from gearman_driver import Worker, job, journal
 from gearman_driver.child.process import make_runner, to_result_bytes
 from gearman_driver.config.settings import load_settings, options_for
 from gearman_driver.jobs.loader import (
@@ -274,6 +274,26 @@ def test_runner_decodes_hooks_and_encodes_and_records_errors() -> None:
     view = board.read(slot)
     assert view.jobs_done == 2
     assert view.last_error > 0 and view.last_error_msg == "ValueError: bad workload"
+
+
+def test_runner_sets_the_journal_job_context_for_the_job_only() -> None:
+    """Lines a job logs carry its function and handle (journal fields); later lines do not.
+    With nothing to do after a job (no recycling limit), the runner calls nothing."""
+    seen: list[object] = []
+
+    class Logged(Worker):
+        @job
+        def work(self, job: Any, workload: bytes) -> bytes:
+            seen.append(journal.job_in_hand)
+            return workload
+
+    spec = job_specs(Logged(server="s"))[0]
+    board = Scoreboard(1)
+    writer = board.child_writer(board.allocate())
+    run = make_runner(spec, spec.methods[0], writer, None)
+    assert run(FakeJob(b"x")) == ("complete", b"x")
+    assert seen == [(spec.methods[0].function, b"H:1")] and journal.job_in_hand is None
+    assert board.read(writer.slot).jobs_done == 1
 
 
 def test_runner_fails_a_non_bytes_result_with_function_and_type() -> None:

@@ -28,6 +28,7 @@ from gearman_driver.child.backends.native_conn import (
     DOWN,
     GRABBING,
     READY,
+    RECV_MIN,
     REGISTERING,
     SLEEPING,
     NativeJob,
@@ -36,8 +37,12 @@ from gearman_driver.child.backends.native_conn import (
 )
 from gearman_driver.protocol import (
     DEFAULT_MAX_PACKET,
+    HEADER,
+    HEADER_SIZE,
     JOB_PREFIX_MAX,
     OVERSIZE_JOB,
+    REQ,
+    RES,
     Cmd,
     ProtocolError,
     encode_request,
@@ -59,6 +64,10 @@ _WORK_FAIL = int(Cmd.WORK_FAIL)
 #: With one server, a reply that is due (after GRAB_JOB_UNIQ) is awaited by a blocking recv
 #: bounded by this; a signal arriving meanwhile is looked at no later than that.
 REPLY_WAIT = 0.1
+#: A result below this goes out joined with its header and the next grab in one buffer.
+_SMALL = 65536
+_PACK_HEADER = HEADER.pack
+_UNPACK_HEADER = HEADER.unpack_from
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 
@@ -140,8 +149,11 @@ class NativeBackend(WorkerBackend):
                     return
                 due = self._grabbing
                 if due is not None and due.blocking and not due.out:
-                    # a reply is due on a blocking socket (one server): one recv, no select
-                    self._service(due, _EVENT_READ)
+                    # a reply is due on a blocking socket (one server): recv, no select
+                    if due.parser.buffered or due.parser.skipping:
+                        self._service(due, _EVENT_READ)  # the rest of a packet
+                    else:
+                        self._jobs_in_a_row(due)
                 else:
                     for key, mask in sel.select(self._connect_due(hooks.poll_interval)):
                         conn: ServerConnection | None = key.data
@@ -155,8 +167,9 @@ class NativeBackend(WorkerBackend):
         finally:
             self._shutdown(sel)
 
-    def _service(self, conn: ServerConnection, mask: int) -> None:
-        """The connection is ready for `mask`: finish a connect, write, read and handle."""
+    def _service(self, conn: ServerConnection, mask: int, data: bytes | None = None) -> None:
+        """The connection is ready for `mask`: finish a connect, write, read and handle
+        (`data`: what a recv already got, instead of reading)."""
         try:
             if conn.state == CONNECTING:
                 if conn.finish_connect():
@@ -165,7 +178,7 @@ class NativeBackend(WorkerBackend):
             if mask & _EVENT_WRITE:
                 conn.flush_some()
             if mask & _EVENT_READ:
-                for packet in conn.read():
+                for packet in conn.read(data):
                     self._handle(conn, packet[1], packet[2])
         except ProtocolError as exc:
             self._lost(conn, f"protocol error: {exc}", logging.ERROR)
@@ -173,6 +186,69 @@ class NativeBackend(WorkerBackend):
             self._lost(conn, f"server error: {exc}", logging.ERROR)
         except OSError as exc:
             self._lost(conn, str(exc), logging.WARNING)
+
+    def _jobs_in_a_row(self, conn: ServerConnection) -> None:
+        """The job path of a single server, fused into one function while jobs keep coming.
+
+        A reply to our GRAB_JOB_UNIQ is due on a blocking socket (one server, nothing
+        buffered either way). One recv (bounded by REPLY_WAIT); a lone whole JOB_ASSIGN_UNIQ
+        is split in place, run, and its WORK_COMPLETE goes out with the next grab in one send;
+        the result-sent mark follows while gearmand handles the grab. Anything else (NO_JOB,
+        a partial or several packets, EOF, an unknown function, an oversize workload, a
+        failed or large result, a stop request) goes the general way, and back to run().
+        """
+        assert conn.sock is not None
+        recv, send = conn.sock.recv, conn.sock.send
+        runners = self.runners
+        should_stop, result_sent = self.hooks.should_stop, self.hooks.on_result_sent
+        max_packet, max_workload = self.max_packet, self.max_workload
+        while True:
+            try:
+                data = recv(RECV_MIN)
+            except (BlockingIOError, InterruptedError):
+                return  # REPLY_WAIT passed: run() looks at should_stop
+            except OSError as exc:
+                self._lost(conn, str(exc), logging.WARNING)
+                return
+            size = len(data)
+            if size <= HEADER_SIZE:
+                break
+            magic, cmd, length = _UNPACK_HEADER(data)
+            if cmd != _JOB_ASSIGN_UNIQ or magic != RES or length != size - HEADER_SIZE or \
+                    length > max_packet:
+                break
+            args = data[HEADER_SIZE:].split(b"\0", 3)
+            if len(args) != 4:
+                break
+            handle, function, unique, workload = args
+            entry = runners.get(function)
+            if entry is None or len(workload) > max_workload:
+                self._run_job(conn, handle, function, unique, workload)
+                return
+            status, result = entry[1](NativeJob(handle, unique, entry[0], workload, conn))
+            if status != "complete" or type(result) is not bytes or len(result) >= _SMALL \
+                    or should_stop():
+                self._grabbing = None
+                conn.state = READY
+                self._job_done(conn, handle, JobResult(status, result))
+                return
+            reply = b"".join((_PACK_HEADER(REQ, _WORK_COMPLETE, len(handle) + 1 + len(result)),
+                              handle, b"\0", result, _GRAB))
+            try:
+                sent = send(reply)
+            except BlockingIOError:  # nothing went out within REPLY_WAIT
+                sent = 0
+            except OSError as exc:
+                conn.dead = f"write failed: {exc}"
+                result_sent(False)
+                return
+            if sent != len(reply):  # gearmand reads slowly: the rest is ours until it is out
+                conn.out += memoryview(reply)[sent:]
+                conn.flush_blocking(conn.write_timeout)
+                result_sent(conn.dead is None)
+                return
+            result_sent(True)
+        self._service(conn, _EVENT_READ, data)
 
     def _connect_due(self, poll_interval: float) -> float:
         """Start the reconnects that are due and move connects that took too long on to the
@@ -257,8 +333,11 @@ class NativeBackend(WorkerBackend):
             log.error("%s assigned unregistered function %r; failing it", conn.label, function)
             self._send_result(conn, handle, JobResult("fail"))
             return
-        self._send_result(conn, handle,
-                          entry[1](NativeJob(handle, unique, entry[0], workload, conn)))
+        self._job_done(conn, handle, entry[1](NativeJob(handle, unique, entry[0], workload, conn)))
+
+    def _job_done(self, conn: ServerConnection, handle: bytes, result: JobResult) -> None:
+        """Send a job's result (with the next grab if we go on), then mark it sent."""
+        self._send_result(conn, handle, result)
         if conn.out and conn.dead is None:  # a large result: it is ours until it is out
             conn.flush_blocking(conn.write_timeout)
         self.hooks.on_result_sent(conn.dead is None and conn.sock is not None)

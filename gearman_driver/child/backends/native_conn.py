@@ -218,20 +218,22 @@ class ServerConnection:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self) -> list[Packet]:
-        """Packets from one recv; raises ConnectionError on EOF, ProtocolError on garbage."""
+    def read(self, data: bytes | None = None) -> list[Packet]:
+        """Packets from one recv (or from `data`, what a recv of the caller's got); raises
+        ConnectionError on EOF, ProtocolError on garbage."""
         assert self.sock is not None
         parser = self.parser
-        if parser.skipping:  # an oversize job's workload: read it in big gulps and drop it
-            size = min(max(parser.skipping, RECV_MIN), RECV_MAX)
-        elif parser.buffered:
-            size = min(max(parser.wanted, RECV_MIN), RECV_MAX)
-        else:
-            size = RECV_MIN
-        try:
-            data = self.sock.recv(size)
-        except (BlockingIOError, InterruptedError):
-            return []
+        if data is None:
+            if parser.skipping:  # an oversize job's workload: read it in big gulps, drop it
+                size = min(max(parser.skipping, RECV_MIN), RECV_MAX)
+            elif parser.buffered:
+                size = min(max(parser.wanted, RECV_MIN), RECV_MAX)
+            else:
+                size = RECV_MIN
+            try:
+                data = self.sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                return []
         if not data:
             if parser.buffered:
                 raise ProtocolError(f"truncated packet: closed after {parser.buffered} bytes")
