@@ -1,4 +1,4 @@
-"""NativeBackend's single-server job path (native.py, `_jobs_in_a_row`) against a scripted peer.
+"""NativeBackend's single-server job path (native_jobs.py, `_jobs_in_a_row`) vs a scripted peer.
 
 With one server the backend runs jobs back to back in one fused function and leaves it for
 the general path on anything but a lone whole JOB_ASSIGN_UNIQ with a small complete result.
