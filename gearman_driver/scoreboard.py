@@ -64,6 +64,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60
 #: Functions of one job counted apart; a process group with more shares the last entry.
 MAX_FUNCTIONS = 32
 _N_BUCKETS = len(DURATION_BUCKETS) + 1
+_FIRST_BOUND = DURATION_BUCKETS[0]  # where most jobs end: no bisect for them
 # The counters follow the fields, 8-byte aligned: the duration sum, then the histogram
 # buckets (not cumulative), then (complete, failed) per function index of the job.
 _COUNTERS_AT = (_LAYOUT.size + 7) // 8 * 8
@@ -271,7 +272,7 @@ class SlotWriter:
         _pack_finished(self._mem, self._finished_at, done, now, mono)
         duration = mono - self._job_started
         counts = self._count_view
-        counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        counts[0 if duration <= _FIRST_BOUND else bisect_left(DURATION_BUCKETS, duration)] += 1
         counts[_OUTCOME_AT[function] + (error is not None)] += 1
         self._sum_view[0] += duration
         if error is not None:
