@@ -234,7 +234,8 @@ class WorkerProtocol(WorkerBackend):
         is split in place, run, and its WORK_COMPLETE goes out with the next grab in one send;
         the result-sent mark follows while gearmand handles the grab. Anything else (NO_JOB,
         a partial or several packets, EOF, an unknown function, an oversize workload, a
-        failed or large result, a stop request) goes the general way, and back to run().
+        failed or large result, a progress packet that failed or is still buffered, a stop
+        request) goes the general way, and back to run().
         """
         assert conn.sock is not None
         recv, send = conn.sock.recv, conn.sock.send
@@ -266,7 +267,8 @@ class WorkerProtocol(WorkerBackend):
                 return
             status, result = entry[1](NativeJob(handle, unique, entry[0], workload, conn))
             if status != "complete" or type(result) is not bytes or len(result) >= _SMALL \
-                    or should_stop():
+                    or conn.out or conn.dead is not None or should_stop():
+                # (a progress packet of the job may have failed or stalled: nothing may pass it)
                 self._grabbing = None
                 conn.state = READY
                 self._job_done(conn, handle, JobResult(status, result))
