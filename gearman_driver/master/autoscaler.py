@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gearman_driver import gcpolicy
 from gearman_driver.config.settings import Settings
 from gearman_driver.jobs.table import Job, JobTable, Process
 from gearman_driver.master.observer import Observer, Snapshot, driver_peers
@@ -151,7 +150,6 @@ class Autoscaler:
                 if process is not None:
                     processes.stop(process, "idle" if waiting == 0 else "max_processes")
         if starts:  # every job's starts in one batch: see ProcessManager.start_batch
-            gcpolicy.before_fork()
             processes.start_batch(starts)
         if saturated and self.observer is not None and \
                 now - self._last_saturation_poll >= SATURATION_POLL_GAP:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from gearman_driver import gcpolicy
 from gearman_driver.child.process import run_child
 from gearman_driver.jobs.options import JobOptions
 from gearman_driver.jobs.table import Job, JobTable, Process
@@ -181,6 +182,10 @@ class ProcessManager:
         servers, graceful_timeout = self._servers(), self._graceful_timeout()
         for handler in logging.getLogger().handlers:
             handler.flush()
+        # last, so that what the batch just made (slot writers, plans) is frozen too: left in
+        # the young generation, each child's first collection would walk, and so copy, the
+        # pages of every start of the batch (0.7 MB per child with 500 starts, measured)
+        gcpolicy.before_fork()
         pids: list[int] = []
         failure: OSError | None = None
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SIGNALS)

@@ -4,9 +4,10 @@ recycling reasons, and the deadlines it enforces (signals go to a recorder, not 
 from __future__ import annotations
 
 import errno
+import gc
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,7 +22,7 @@ from gearman_driver.master.processes import (
     StartRequest,
 )
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
-from gearman_driver.scoreboard import Scoreboard, State
+from gearman_driver.scoreboard import Scoreboard, SlotWriter, State
 
 EXITED_0, EXITED_1, KILLED = 0, 1 << 8, signal.SIGKILL
 
@@ -208,6 +209,13 @@ def test_the_loop_is_told_when_a_backed_off_start_is_due() -> None:
     assert rig.manager.next_start_due(101.0) is None  # due now: nothing left to wait for
 
 
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """gc.freeze() in a batch would keep this test process's objects for good: undo it."""
+    yield
+    gc.unfreeze()
+
+
 def free_slots(board: Scoreboard) -> int:
     """How many slots can still be allocated (allocates them all: call it last)."""
     count = 0
@@ -235,7 +243,7 @@ class FakeFork:
 
 
 def test_a_batch_forks_every_process_before_recording_any(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, unfrozen: None) -> None:
     rig = Rig()
     fork = FakeFork(rig)
     monkeypatch.setattr(processes_module.os, "fork", fork)
@@ -249,7 +257,7 @@ def test_a_batch_forks_every_process_before_recording_any(
 
 
 def test_a_fork_failing_mid_batch_keeps_the_forked_frees_the_rest_and_backs_off(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, unfrozen: None) -> None:
     rig = Rig()
     monkeypatch.setattr(processes_module.os, "fork", FakeFork(rig, fail_after=2))
     assert rig.manager.start_batch([StartRequest(rig.job, 4, "min_processes")]) == [1001, 1002]
@@ -260,9 +268,25 @@ def test_a_fork_failing_mid_batch_keeps_the_forked_frees_the_rest_and_backs_off(
 
 
 def test_a_batch_past_the_scoreboard_stops_at_its_last_slot(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, unfrozen: None) -> None:
     rig = Rig()
     monkeypatch.setattr(processes_module.os, "fork", FakeFork(rig))
     pids = rig.manager.start_batch([StartRequest(rig.job, rig.board.size + 2, "scale up")])
     assert len(pids) == rig.board.size
     assert rig.manager.start_failures == 1
+
+
+def test_what_a_batch_prepares_is_frozen_before_its_first_fork(
+        monkeypatch: pytest.MonkeyPatch, unfrozen: None) -> None:
+    """Left young, the batch's slot writers would be walked (and their pages copied) by each
+    child's first collection."""
+    rig = Rig()
+    young_writers: list[int] = []
+
+    def fork() -> int:
+        young_writers.append(sum(isinstance(o, SlotWriter) for o in gc.get_objects(0)))
+        return 1000 + len(young_writers)
+
+    monkeypatch.setattr(processes_module.os, "fork", fork)
+    rig.manager.start_batch([StartRequest(rig.job, 3, "min_processes")])
+    assert young_writers == [0, 0, 0]
