@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from gearman_driver.api import Worker
@@ -50,7 +51,7 @@ class JobSpec:
     max_rss_mb: float | None = None  # from job_runtime_attributes; None: the top-level value
     worker_backend: str | None = None
 
-    @property
+    @cached_property  # read for every job each turn: with hundreds of jobs, worth keeping
     def functions(self) -> tuple[str, ...]:
         return tuple(method.function for method in self.methods)
 

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "FunctionStatus",
@@ -46,9 +46,12 @@ _REQUEST = b"status\nworkers\n"
 _RECV_SIZE = 256 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class FunctionStatus:
-    """One line of `status`, or its sum across servers. `total` includes running jobs."""
+class FunctionStatus(NamedTuple):
+    """One line of `status`, or its sum across servers. `total` includes running jobs.
+
+    Tuples (not dataclasses) because a poll makes one per function and one WorkerEntry per
+    worker every interval: with hundreds of functions that was most of the idle master's CPU.
+    """
 
     name: str
     total: int
@@ -61,8 +64,7 @@ class FunctionStatus:
         return max(0, self.total - self.running)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerEntry:
+class WorkerEntry(NamedTuple):
     """One line of `workers`: a connection to `server` and the functions it can do."""
 
     server: Server
@@ -97,7 +99,7 @@ def parse_status(lines: Iterable[str]) -> dict[str, FunctionStatus]:
         if len(parts) != 4 or not parts[0]:
             continue
         try:
-            total, running, workers = (int(p) for p in parts[1:])
+            total, running, workers = int(parts[1]), int(parts[2]), int(parts[3])
         except ValueError:
             continue
         if min(total, running, workers) < 0:
@@ -174,10 +176,11 @@ class _Poll:
         self.partial += data
         if b"\n" not in data:  # an endless line must not cost a copy per recv
             return
-        *complete, rest = bytes(self.partial).split(b"\n")
+        complete, _, rest = bytes(self.partial).rpartition(b"\n")
         self.partial = bytearray(rest)
-        for raw in complete:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
+        # decoded at once: a newline never falls inside a UTF-8 sequence
+        for line in complete.decode("utf-8", "replace").split("\n"):
+            line = line.rstrip("\r")
             if line == ".":
                 if len(self.replies) == 2:
                     self.stage = "done"
