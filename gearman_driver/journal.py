@@ -27,9 +27,11 @@ SOCKET_PATH = "/run/systemd/journal/socket"
 IDENTIFIER = "gearman-driver"
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
-# Fields of this process (JOB in a worker) and of the job in hand; set by logs.py.
+# Fields of this process (JOB in a worker), set by logs.set_process_context; and the job in
+# hand (function, handle), set by the job runner (child/process.py) around each job: lines
+# logged meanwhile are about that job. It only holds the pair; the handler spells the fields.
 process_fields: dict[str, str] = {}
-job_in_hand: tuple[str, bytes | str] | None = None  # (function, handle)
+job_in_hand: tuple[str, bytes | str] | None = None
 
 
 def encode(fields: Mapping[str, str]) -> bytes:

@@ -49,16 +49,6 @@ def set_process_context(context: str, job: str | None = None) -> None:
         journal.process_fields["JOB"] = job
 
 
-def job_in_hand(function: str, handle: bytes | str) -> None:
-    """Lines logged from now until `job_done` are about this job (journal fields). Called on
-    every job: it only remembers the pair; the journal handler spells the fields out."""
-    journal.job_in_hand = (function, handle)
-
-
-def job_done() -> None:
-    journal.job_in_hand = None
-
-
 def about_job(name: str, handle: str = "", function: str = "") -> dict[str, dict[str, str]]:
     """`extra=` for a master's line about one job (its processes, a timeout), so that
     `journalctl JOB=<name>` shows it beside the job's own lines."""

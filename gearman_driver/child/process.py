@@ -87,8 +87,8 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     WORK_EXCEPTION only for a job that opted in (docs/protocol.md says why).
 
     Runs on every job: each step the job does not need (no decode, no hooks, nothing after
-    the job) is skipped rather than called, and the journal's job context (what
-    logs.job_in_hand and logs.job_done do) is set in place.
+    the job) is skipped rather than called, and the journal's job context
+    (`journal.job_in_hand`) is set in place.
     """
     worker = spec.worker
     body, encode, decode, function = method.body, method.encode, method.decode, method.function

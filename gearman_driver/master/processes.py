@@ -143,11 +143,6 @@ class ProcessManager:
             log.debug("start %d in a row failed for %s: %s; next try in %gs",
                       self.start_failures, job.name, why, delay)
 
-    def start(self, job: Job, reason: str) -> int | None:
-        """Fork one process for `job`: its pid, or None when it could not be started."""
-        pids = self.start_batch([StartRequest(job, 1, reason)])
-        return pids[0] if pids else None
-
     def start_batch(self, requests: Sequence[StartRequest]) -> list[int]:
         """Fork the processes `requests` ask for in one tight loop, then record them; returns
         the pids started. Stops at the first start that cannot happen (no free scoreboard
@@ -158,23 +153,7 @@ class ProcessManager:
         the old one for itself. The bookkeeping of one start (the objects it makes, the
         reference counts of everything it reads) wrote ~0.4 MB of pages per child that way
         (docs/benchmarks.md, Footprint); after the loop, the children of a batch share them."""
-        planned: list[_Start] = []
-        no_slot_for: Job | None = None
-        for request in requests:
-            options = self._options(request.job)
-            limit, jitter = options.max_jobs, options.max_jobs_jitter
-            for _ in range(request.number):
-                try:
-                    slot = self.scoreboard.allocate()
-                except IndexError:
-                    no_slot_for = request.job
-                    break
-                max_jobs = limit + (random.randint(0, jitter) if limit and jitter else 0)
-                planned.append(_Start(request.job, request.reason, slot, options, max_jobs,
-                                      self.scoreboard.child_writer(slot)))
-            else:
-                continue
-            break
+        planned, no_slot_for = self._plan(requests)
         if not planned:
             if no_slot_for is not None:
                 self._no_slot(no_slot_for)
@@ -230,6 +209,23 @@ class ProcessManager:
         elif no_slot_for is not None:
             self._no_slot(no_slot_for)
         return pids
+
+    def _plan(self, requests: Sequence[StartRequest]) -> tuple[list[_Start], Job | None]:
+        """Every start of the batch with its slot, options and slot writer; and the job that
+        found no free slot, where the plan stopped (None: every start has one)."""
+        planned: list[_Start] = []
+        for request in requests:
+            options = self._options(request.job)
+            limit, jitter = options.max_jobs, options.max_jobs_jitter
+            for _ in range(request.number):
+                try:
+                    slot = self.scoreboard.allocate()
+                except IndexError:
+                    return planned, request.job
+                max_jobs = limit + (random.randint(0, jitter) if limit and jitter else 0)
+                planned.append(_Start(request.job, request.reason, slot, options, max_jobs,
+                                      self.scoreboard.child_writer(slot)))
+        return planned, None
 
     def _no_slot(self, job: Job) -> None:
         self._cannot_start(job, f"all {self.scoreboard.size} scoreboard slots in use (the "

@@ -20,13 +20,13 @@ def test_a_record_carries_job_and_the_job_in_hand() -> None:
     handler = journal.JournalHandler("/nonexistent")
     try:
         logs.set_process_context("upper[7]", job="upper")
-        logs.job_in_hand("text.upper", "H:host:42")
+        journal.job_in_hand = ("text.upper", "H:host:42")  # as the job runner sets it
         record = logging.LogRecord("x", logging.WARNING, __file__, 1, "slow %s", ("db",), None)
         fields = handler.fields(record)
         assert fields["MESSAGE"] == "slow db" and fields["PRIORITY"] == "4"
         assert (fields["JOB"], fields["GEARMAN_FUNCTION"], fields["GEARMAN_HANDLE"]) == (
             "upper", "text.upper", "H:host:42")
-        logs.job_done()
+        journal.job_in_hand = None
         assert "GEARMAN_HANDLE" not in handler.fields(record)
     finally:
         logs.set_process_context("")
@@ -47,9 +47,9 @@ def test_without_the_socket_a_record_goes_to_stderr_with_its_priority(
 def test_the_handle_in_hand_may_be_bytes_as_the_job_path_gives_it() -> None:
     handler = journal.JournalHandler("/nonexistent")
     try:
-        logs.job_in_hand("text.upper", b"H:host:43")
+        journal.job_in_hand = ("text.upper", b"H:host:43")
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), None)
         assert handler.fields(record)["GEARMAN_HANDLE"] == "H:host:43"
     finally:
-        logs.job_done()
+        journal.job_in_hand = None
         handler.close()
