@@ -97,7 +97,7 @@ def _install() -> None:
 
 def measure(tmp: Path, port: int, procs: int = 8) -> list[tuple[str, str, float]]:
     """(step, what it does, median USS in MB of `procs` children stopped after it)."""
-    from bench.common import PYTHON, ROOT, kill_pids, pss_mb
+    from bench.common import PYTHON, ROOT, kill_pids, uss_mb
     from bench.daemon import Daemon
     from tests.gearmand_util import wait_for
 
@@ -113,7 +113,7 @@ def measure(tmp: Path, port: int, procs: int = 8) -> list[tuple[str, str, float]
             wait_for(lambda d=daemon, s=step: _settled(d, s, procs), 30, 0.05)
             time.sleep(1.0)
             kids = daemon.children()
-            uss = [pss_mb([k], "Private_Clean") + pss_mb([k], "Private_Dirty") for k in kids]
+            uss = [uss_mb(k) for k in kids]
             out.append((step, what, statistics.median(uss)))
         finally:  # the master first, so it replaces none of the children killed next
             kids = daemon.children()
@@ -125,15 +125,10 @@ def measure(tmp: Path, port: int, procs: int = 8) -> list[tuple[str, str, float]
 
 
 def _settled(daemon: Any, step: str, procs: int) -> bool:
+    from bench.common import stopped  # not at the top: this module is the daemon's entry
+
     kids = daemon.children()
-    return len(kids) == procs and (step == "idle" or all(map(_stopped, kids)))
-
-
-def _stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except OSError:
-        return False
+    return len(kids) == procs and (step == "idle" or all(map(stopped, kids)))
 
 
 if __name__ == "__main__":

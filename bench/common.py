@@ -170,6 +170,20 @@ def pss_mb(pids: list[int], key: str = "Pss") -> float:
     return sum(smaps(pid).get(key, 0) for pid in pids) / 1024.0
 
 
+def uss_mb(pid: int) -> float:
+    """The process's own pages (USS = Private_Clean + Private_Dirty), in MB."""
+    return pss_mb([pid], "Private_Clean") + pss_mb([pid], "Private_Dirty")
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP): it writes nothing more, so it can be
+    measured. A process that is gone is not stopped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
 # -- gearmand -------------------------------------------------------------------------------
 
 @contextmanager

@@ -22,9 +22,9 @@ from bench.common import (
     private_gearmand,
     progress,
     pss_mb,
+    uss_mb,
 )
 from bench.daemon import Daemon
-from bench.fork_floor import uss_mb
 from tests.gearmand_util import TestClient
 from tests.gearmand_util import wait_for as wait_until
 

@@ -21,9 +21,8 @@ import signal
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
-from bench.common import PYTHON, ROOT, Admin, pss_mb
+from bench.common import PYTHON, ROOT, Admin, pss_mb, stopped, uss_mb
 from tests.driver_util import children_of
 from tests.gearmand_util import wait_for
 
@@ -49,10 +48,6 @@ sys.stdin.read()
 """
 
 
-def uss_mb(pid: int) -> float:
-    return pss_mb([pid], "Private_Clean") + pss_mb([pid], "Private_Dirty")
-
-
 def measure(image: str, port: int) -> dict[str, float]:
     """{"child USS", "parent RSS", "total PSS"} (MB) for `image`, one of IMAGES."""
     imports = {"bare": "", "driver": _DRIVER_CODE,
@@ -70,7 +65,7 @@ def measure(image: str, port: int) -> dict[str, float]:
             with Admin(port) as admin:
                 settled = wait_for(lambda: admin.registered(FUNCTION) >= PROCS, 30, 0.02)
         else:
-            settled = wait_for(lambda: all(_stopped(k) for k in kids), 10, 0.01)
+            settled = wait_for(lambda: all(stopped(k) for k in kids), 10, 0.01)
         if not settled:
             raise RuntimeError(f"the {image} children did not settle")
         time.sleep(SETTLE)
@@ -85,9 +80,3 @@ def measure(image: str, port: int) -> dict[str, float]:
                 pass
         proc.communicate(timeout=10)
 
-
-def _stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except OSError:
-        return True
