@@ -11,6 +11,7 @@ the pid file or the console's socket or port cannot be created (see :mod:`gearma
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,21 @@ def job_table(driver: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the loop runs (it handles SIGINT itself)
+        return 128 + signal.SIGINT
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["reload"]:
+        from gearman_driver.console.reload_client import main as reload_main
+
+        return reload_main(args[1:])
+    from gearman_driver.master import early_signals
+
+    early_signals.defer()  # a reload or log reopen while starting waits for the loop
     gcpolicy.off_while_loading()  # before any worker code is imported
     from gearman_driver.config.cmdline import parse_args
     from gearman_driver.config.reader import read_settings
@@ -50,11 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gearman_driver.master.pidfile import PidFile, PidFileLocked
     from gearman_driver.paths import EX_CANTCREAT, CannotCreate
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["reload"]:
-        from gearman_driver.console.reload_client import main as reload_main
-
-        return reload_main(args[1:])
     command = parse_args(args)
     try:
         settings = read_settings(command.config_files, command.overrides)

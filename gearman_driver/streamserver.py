@@ -48,6 +48,9 @@ class Connection:
         # a reply is being prepared elsewhere (console `reload`): read nothing more, never
         # hang up or time out before it is sent
         self.waiting = False
+        # requests are left over for the server's next tick (its budget for this turn is
+        # spent): read nothing more until they are answered
+        self.backlogged = False
 
     # -- what a protocol provides -------------------------------------------------------------
     def process(self) -> None:
@@ -69,6 +72,17 @@ class Connection:
                 self.read()
             self.update_interest()
         except Exception:  # a bug here must cost one connection, not the master
+            self.server.log.exception("%s connection %s failed", self.server.name, self.peer)
+            self.drop()
+
+    def resume(self) -> None:
+        """Answer the requests left over from an earlier turn (`backlogged`)."""
+        self.backlogged = False
+        try:
+            if self.sock.fileno() >= 0:
+                self.process()
+                self.update_interest()
+        except Exception:  # as in on_event
             self.server.log.exception("%s connection %s failed", self.server.name, self.peer)
             self.drop()
 
@@ -130,7 +144,8 @@ class Connection:
             return
         want = 0
         if self.linger_until is not None or (
-            not self.closing and not self.waiting and len(self.outbuf) < OUTPUT_HIGH_WATER
+            not self.closing and not self.waiting and not self.backlogged
+            and len(self.outbuf) < OUTPUT_HIGH_WATER
         ):
             want |= selectors.EVENT_READ
         if self.outbuf and self.linger_until is None:

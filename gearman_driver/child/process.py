@@ -29,7 +29,7 @@ from gearman_driver.child.backends import (
     backend_class,
 )
 from gearman_driver.child.recycle import Recycler
-from gearman_driver.jobs.table import JobSpec, MethodSpec
+from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec, MethodSpec
 from gearman_driver.logs import set_process_context
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import SlotWriter, function_slot
@@ -82,7 +82,9 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     `index` is the method's place in the job, under which the scoreboard counts its jobs;
     `after_job` (None: nothing to do) runs once the job is over, before its result is sent.
 
-    Whatever raises fails the job with a plain WORK_FAIL, which every client understands;
+    Whatever raises fails the job with a plain WORK_FAIL, which every client understands
+    (`sys.exit()` and KeyboardInterrupt too: counted and answered as the failures they are,
+    and the process goes on, as after any exception);
     the exception text goes only to the log and the scoreboard, and to the client as
     WORK_EXCEPTION only for a job that opted in (docs/protocol.md says why).
 
@@ -120,7 +122,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
             if type(result) is not bytes:
                 result = to_result_bytes(function, result)
             return new_result(JobResult, ("complete", result))  # JobResult(...) costs 2x
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the job failed
             error = f"{type(exc).__name__}: {exc}"
             log.exception("job %s (handle %s) failed: %s", function,
                           handle.decode("ascii", "replace"), error)
@@ -291,6 +293,6 @@ def _set_title(spec: JobSpec) -> None:
     title = None
     try:
         title = spec.worker.process_name(setproctitle.getproctitle(), spec.name)
-    except Exception:
+    except USER_CODE_ERRORS:
         log.exception("process_name() of %s failed", spec.class_path)
     setproctitle.setproctitle(title or orig)

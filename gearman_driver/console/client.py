@@ -35,6 +35,32 @@ class UsageError(Exception):
     """Bad command line; exit 64 (EX_USAGE)."""
 
 
+#: The longest --timeout accepted: a day (a socket timeout must fit the kernel's timeval).
+MAX_TIMEOUT = 86400.0
+
+
+def timeout_seconds(text: str) -> float:
+    """``--timeout``'s type: a finite number of seconds, > 0 and at most MAX_TIMEOUT (nan,
+    inf and 1e400 are usage errors, not tracebacks)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= MAX_TIMEOUT:  # also false for nan
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= {MAX_TIMEOUT:g}, "
+                                         f"got {text!r}")
+    return value
+
+
+def socket_path(text: str) -> str:
+    """``--socket``'s type: a path, never empty (an empty one would silently mean "none")."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected the path of a console socket, got ''")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"expected a path without NUL, got {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Target:
     """Where one console listens: (host, port) or a unix socket path."""
@@ -265,8 +291,10 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help=f'"host[:port] host2[:port]" (default {DEFAULT_SERVER}); several: output prefixed',
     )
-    p.add_argument("--socket", action="append", metavar="PATH", help="console's unix socket")
-    p.add_argument("--timeout", type=float, default=TIMEOUT, help="connect/read timeout, seconds")
+    p.add_argument("--socket", action="append", metavar="PATH", type=socket_path,
+                   help="console's unix socket")
+    p.add_argument("--timeout", type=timeout_seconds, default=TIMEOUT,
+                   help="connect/read timeout, seconds")
     p.add_argument("command", nargs="*", help="one command to send, e.g. status")
     return p
 
@@ -286,11 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets += [parse_console_address(spec) for spec in specs]
         if any("\n" in w or "\r" in w for w in args.command):
             raise UsageError("a command must be one line")
-        if args.timeout <= 0:
-            raise UsageError("--timeout must be positive")
     except UsageError as exc:
+        print(f"gearman-driver-console: {exc}", file=sys.stderr)  # first, as the daemon
         parser.print_usage(sys.stderr)
-        print(f"gearman-driver-console: {exc}", file=sys.stderr)
         return EX_USAGE
     sessions = [Session(t, args.timeout) for t in targets]
     if not args.command:

@@ -24,6 +24,8 @@ from gearman_driver.console.client import (
     Unreachable,
     UsageError,
     parse_console_address,
+    socket_path,
+    timeout_seconds,
 )
 
 EX_REFUSED = 1
@@ -42,10 +44,11 @@ def _parser() -> argparse.ArgumentParser:
                      "the outcome.", epilog="Exit status: 0 reloaded, 1 refused, "
                      "2 unreachable, 64 bad command line.")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--socket", metavar="PATH", help="the master's console_socket")
+    where.add_argument("--socket", metavar="PATH", type=socket_path,
+                       help="the master's console_socket")
     where.add_argument("--server", metavar="HOST[:PORT]",
                        help=f"the master's TCP console (default {DEFAULT_SERVER})")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT,
+    parser.add_argument("--timeout", type=timeout_seconds, default=TIMEOUT,
                         help=f"seconds to wait for the outcome (default {TIMEOUT:.0f})")
     return parser
 
@@ -57,13 +60,11 @@ def main(argv: Sequence[str]) -> int:
             args = parser.parse_args(list(argv))
         except SystemExit as exc:  # --help
             return 0 if exc.code in (0, None) else EX_USAGE
-        if args.timeout <= 0:
-            raise UsageError("--timeout must be positive")
-        target = Target(args.socket, path=args.socket) if args.socket else \
+        target = Target(args.socket, path=args.socket) if args.socket is not None else \
             parse_console_address(args.server or DEFAULT_SERVER)
     except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)  # the message first, as the daemon's
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: {exc}", file=sys.stderr)
         return EX_USAGE
     session = Session(target, args.timeout)
     try:

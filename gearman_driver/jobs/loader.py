@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import Any
 
 from gearman_driver.api import ATTRIBUTE_KEYS, Worker, job_marker
-from gearman_driver.config.settings import Settings, options_for
-from gearman_driver.jobs.table import JobSpec, LoadError, MethodSpec
+from gearman_driver.config.settings import ConfigError, Settings, options_for
+from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec, LoadError, MethodSpec
 from gearman_driver.scoreboard import MAX_PROCESSES
 
 log = logging.getLogger("gearman_driver.loader")
@@ -39,9 +39,15 @@ def _location(exc: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
+def cause_of(exc: BaseException) -> str:
+    """The one-line cause of a failure in worker code."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({'' if exc.code is None else repr(exc.code)})"
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
 def _import_error(module: str, exc: BaseException) -> LoadError:
-    cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return LoadError(f"cannot import worker module {module}: {cause}{_location(exc)}")
+    return LoadError(f"cannot import worker module {module}: {cause_of(exc)}{_location(exc)}")
 
 
 ConfigErrorFactory = Callable[[tuple[Any, ...], str], Exception]
@@ -77,14 +83,14 @@ def import_namespaces(namespaces: Sequence[str], lib: Sequence[str] = (),
                             f"expected an importable package, got {namespace!r} "
                             f"(no module named {missing!r} on sys.path or in lib)") from exc
             raise _import_error(namespace, exc) from exc
-        except Exception as exc:
+        except USER_CODE_ERRORS as exc:
             raise _import_error(namespace, exc) from exc
         for name in names:
             if keep is not None and not _is_wanted(keep, name):
                 continue
             try:
                 modules.append(importlib.import_module(name))
-            except Exception as exc:
+            except USER_CODE_ERRORS as exc:
                 raise _import_error(name, exc) from exc
     return modules
 
@@ -109,7 +115,7 @@ def _walk(paths: list[str], prefix: str) -> Iterable[str]:
             else:  # not a plain directory (e.g. a zip): ask the package itself
                 try:
                     inner = list(importlib.import_module(info.name).__path__)
-                except Exception as exc:
+                except USER_CODE_ERRORS as exc:
                     raise _import_error(info.name, exc) from exc
             yield from _walk(inner, info.name + ".")
 
@@ -117,9 +123,8 @@ def _walk(paths: list[str], prefix: str) -> Iterable[str]:
 def _is_wanted(keep: Wanted, name: str) -> bool:
     try:
         return bool(keep(name))
-    except Exception as exc:
-        cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        raise LoadError(f"wanted({name!r}) failed: {cause}") from exc
+    except USER_CODE_ERRORS as exc:
+        raise LoadError(f"wanted({name!r}) failed: {cause_of(exc)}") from exc
 
 
 def worker_classes(modules: Iterable[ModuleType]) -> list[type[Worker]]:
@@ -168,9 +173,8 @@ def build_worker(cls: type[Worker], server: str, options: Mapping[str, Any]) -> 
             f"{class_path(cls)}: the constructor rejected the worker_options "
             f"({', '.join(sorted(options)) or 'none'}): {exc}"
         ) from exc
-    except Exception as exc:
-        cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        raise LoadError(f"{class_path(cls)}: the constructor failed: {cause}"
+    except USER_CODE_ERRORS as exc:
+        raise LoadError(f"{class_path(cls)}: the constructor failed: {cause_of(exc)}"
                         f"{_location(exc)}") from exc
 
 
@@ -351,14 +355,22 @@ def load_configured(settings: Settings, wanted: Wanted | str | None = None
                     ) -> tuple[list[JobSpec], Callable[..., Any] | None]:
     """Everything a master loads from its settings: the jobs (limits from
     `job_runtime_attributes` applied) and the `unknown_job_callback`, imported after the
-    namespaces so that `lib` is on sys.path. Raises ConfigError or LoadError, in one line."""
-    specs = load_jobs(settings.namespaces, settings.lib, settings.server_string,
-                      lambda path: options_for(settings, path), settings.error,
-                      wanted if wanted is not None else settings.wanted)
-    specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
-    callback = (import_callback(settings.unknown_job_callback, "unknown_job_callback",
-                                settings.error)
-                if settings.unknown_job_callback else None)
+    namespaces so that `lib` is on sys.path. Raises ConfigError or LoadError, in one line,
+    also for worker code that fails where no step above expects it (a `prefix()` method, a
+    property read while the jobs are collected)."""
+    try:
+        specs = load_jobs(settings.namespaces, settings.lib, settings.server_string,
+                          lambda path: options_for(settings, path), settings.error,
+                          wanted if wanted is not None else settings.wanted)
+        specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
+        callback = (import_callback(settings.unknown_job_callback, "unknown_job_callback",
+                                    settings.error)
+                    if settings.unknown_job_callback else None)
+    except (LoadError, ConfigError):
+        raise
+    except USER_CODE_ERRORS as exc:
+        raise LoadError(f"loading the worker code failed: {cause_of(exc)}"
+                        f"{_location(exc)}") from exc
     return specs, callback
 
 
@@ -369,8 +381,9 @@ def import_callback(spec: str, key: str = "unknown_job_callback",
     try:
         function = getattr(importlib.import_module(module_name), attr)
         problem = "" if callable(function) else f"{spec} is not callable"
-    except Exception as exc:
-        problem = f"expected an importable 'module:function', got {spec!r} ({exc})"
+    except USER_CODE_ERRORS as exc:
+        problem = f"expected an importable 'module:function', got {spec!r} "
+        problem += f"({exc if isinstance(exc, Exception) else cause_of(exc)})"
     if problem:
         if error is None:
             raise LoadError(f"{key}: {problem}")

@@ -23,6 +23,13 @@ class LoadError(Exception):
     exit_status = 78
 
 
+#: What worker code may raise where the master or a loader calls it: any exception, and
+#: SystemExit too, so that a `sys.exit()` at import, in a constructor or in a callback is the
+#: worker code's failure (a load error naming the module, a logged callback error), not the
+#: silent exit of the daemon or of `--check-config`.
+USER_CODE_ERRORS = (Exception, SystemExit)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One Gearman function served by a job."""

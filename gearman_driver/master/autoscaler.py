@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gearman_driver.config.settings import Settings
-from gearman_driver.jobs.table import Job, JobTable, Process
+from gearman_driver.jobs.table import USER_CODE_ERRORS, Job, JobTable, Process
 from gearman_driver.master.observer import Observer, Snapshot, driver_peers
 from gearman_driver.master.processes import StartRequest
 from gearman_driver.master.scaling import JobFigures, ProcessFigures, decide
@@ -187,7 +187,7 @@ class Autoscaler:
             if self.on_unknown is not None:
                 try:
                     self.on_unknown(info)
-                except Exception:
+                except USER_CODE_ERRORS:  # sys.exit() there must not end the master
                     log.exception("unknown_job_callback failed for %s", name)
             elif name not in self._warned_unknown:
                 self._warned_unknown.add(name)

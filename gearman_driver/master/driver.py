@@ -25,6 +25,7 @@ from gearman_driver.jobs.loader import Wanted, added_job_spec, load_configured, 
 from gearman_driver.jobs.options import JobOptions, effective_options
 from gearman_driver.jobs.table import Job, JobTable
 from gearman_driver.logs import reopen_logfile
+from gearman_driver.master import early_signals
 from gearman_driver.master.autoscaler import Autoscaler
 from gearman_driver.master.endpoints import Endpoints
 from gearman_driver.master.processes import ProcessManager
@@ -122,6 +123,7 @@ class Driver:
         """Import the namespaces and build the job table (the master's copy-on-write heap)."""
         if self._loaded:
             return
+        early_signals.defer()  # a SIGHUP while importing must not kill the master
         gcpolicy.off_while_loading()
         settings = self.settings
         specs, callback = load_configured(settings, self.wanted)
@@ -208,6 +210,9 @@ class Driver:
             signal.signal(signum, _noop_handler)
         # a re-executed master starts with them blocked (see reexec.hold_signals): now they come
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        early = early_signals.take()  # while loading: acted on now, in the loop's first turn
+        if early:
+            os.write(write_fd, bytes(early))
         self.selector.register(read_fd, selectors.EVENT_READ, self._on_signal_pipe)
         self.scoreboard = Scoreboard(MAX_PROCESSES)
         self.processes = ProcessManager(

@@ -262,9 +262,25 @@ def make_registry(collector: DriverCollector) -> CollectorRegistry:
 
 
 def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
-    """The body and Content-Type for a scrape: OpenMetrics when `accept` asks for it."""
-    encoder, content_type = choose_encoder(accept)
-    return encoder(registry), content_type
+    """The body and Content-Type for a scrape: OpenMetrics when `accept` asks for it.
+
+    Whatever a client puts in its Accept header costs it the format it asked for, never an
+    error of ours (nor a line in the log): a header prometheus_client cannot negotiate (a
+    version like `abc`, an unknown escaping, control characters that would be echoed into
+    our Content-Type) gets the text format every Prometheus reads."""
+    plain = choose_encoder("")
+    chosen = plain
+    if accept.isascii() and accept.isprintable():
+        try:
+            chosen = choose_encoder(accept)
+        except Exception:  # prometheus_client's parsing of the client's text
+            chosen = plain
+    if chosen != plain:
+        try:
+            return chosen[0](registry), chosen[1]
+        except Exception:  # e.g. an escaping or version it negotiated but cannot write
+            pass
+    return plain[0](registry), plain[1]
 
 
 def open_endpoint(source: MetricsSource, selector: selectors.BaseSelector, host: str,

@@ -7,6 +7,12 @@ request. Bounds are the console's (see :mod:`gearman_driver.streamserver`), plus
 head of at most MAX_REQUEST bytes; when every connection slot is taken, the connection idle
 longest is closed to let a new one in, so idle or slow clients cannot lock a scraper out.
 Keep-alive as HTTP/1.1 wants it (Prometheus reuses its connection).
+
+No client may hold the master's loop hostage with pipelined requests: an exposition is
+rendered at most once per loop turn for each Accept header (HEAD and GET share it) and at most
+RENDERS_PER_TURN times in all, and one connection has at most REQUESTS_PER_TURN requests
+answered per turn; what is left waits for the next turn (its connection reads nothing more
+meanwhile).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import re
 import selectors
 import socket
+import time
 from collections.abc import Callable
 
 from gearman_driver.streamserver import OUTPUT_HIGH_WATER, OUTPUT_LIMIT, Connection, StreamServer
@@ -22,6 +29,9 @@ from gearman_driver.streamserver import OUTPUT_HIGH_WATER, OUTPUT_LIMIT, Connect
 MAX_REQUEST = 8192  # request line and headers
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 60.0  # longer than any sane scrape interval between two scrapes
+RENDERS_PER_TURN = 4  # expositions rendered per loop turn, over every connection
+REQUESTS_PER_TURN = 16  # requests of one connection answered per loop turn
+ERROR_LOG_EVERY = 60.0  # a failing render is logged (with its traceback) at most this often
 
 #: body and Content-Type for an Accept header
 Render = Callable[[str], tuple[bytes, str]]
@@ -44,11 +54,25 @@ def response(status: int, body: bytes = b"", content_type: str = "text/plain; ch
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
 
 
+def _accept_of(head: bytes | bytearray) -> str:
+    """The Accept header of a request head as `answer` reads it: the last one, "" if none."""
+    accept = b""
+    for raw in bytes(head).split(b"\n")[1:]:
+        name, colon, value = raw.partition(b":")
+        if colon and name.strip().lower() == b"accept":
+            accept = value.strip()
+    return accept.decode("latin-1")
+
+
 class _HttpConn(Connection):
     server: MetricsServer
+    answered = 0  # requests answered in this turn (MetricsServer.tick resets it)
 
     def process(self) -> None:
         while not self.closing and self.sock.fileno() >= 0 and self.inbuf:
+            if self.answered >= REQUESTS_PER_TURN:
+                self.backlogged = True  # the rest waits for the next turn
+                break
             if len(self.outbuf) >= OUTPUT_HIGH_WATER:
                 self.flush()
                 if len(self.outbuf) >= OUTPUT_HIGH_WATER:
@@ -64,12 +88,17 @@ class _HttpConn(Connection):
             size = 4
             if end < 0:
                 end, size = self.inbuf.find(b"\n\n"), 2
-            if end < 0:
-                if len(self.inbuf) > MAX_REQUEST:
-                    self.reply(response(431, b"request head too large\n", close=True), True)
+            if end < 0 and len(self.inbuf) <= MAX_REQUEST:
                 return
+            if end < 0 or end + size > MAX_REQUEST:
+                self.reply(response(431, b"request head too large\n", close=True), True)
+                break
+            if not self.server.may_render(self.inbuf[:end]):
+                self.backlogged = True  # this turn's renders are spent: the next turn
+                break
             head = bytes(self.inbuf[:end])
             del self.inbuf[:end + size]
+            self.answered += 1
             self.answer(head)
         self.flush()
 
@@ -98,12 +127,11 @@ class _HttpConn(Connection):
             self.reply(response(404, b"metrics are at /metrics\n", close=close,
                                 head=head_only), close)
             return
-        try:
-            body, content_type = self.server.render(headers.get(b"accept", b"").decode("latin-1"))
-        except Exception:  # a bug in a collector costs this scrape, not the master
-            self.server.log.exception("metrics: collecting failed")
+        rendered = self.server.rendered(headers.get(b"accept", b"").decode("latin-1"))
+        if rendered is None:
             self.reply(response(500, b"collecting the metrics failed\n", close=close), close)
             return
+        body, content_type = rendered
         self.reply(response(200, body, content_type, close=close, head=head_only), close)
 
     def reply(self, data: bytes, close: bool) -> None:
@@ -130,6 +158,48 @@ class MetricsServer(StreamServer):
         self.release = release  # what `render` keeps open, closed with the server
         self.host = host
         self.port = port
+        self._cache: dict[str, tuple[bytes, str]] = {}  # this turn's renders, by Accept
+        self._renders_left = RENDERS_PER_TURN
+        self._errors = 0  # failed renders not yet logged
+        self._error_logged = float("-inf")
+
+    def may_render(self, head: bytes | bytearray) -> bool:
+        """Whether the request whose head this is can be answered this turn: every request
+        may while a render is left; then only those whose Accept header was rendered."""
+        if self._renders_left > 0:
+            return True
+        return _accept_of(head) in self._cache
+
+    def rendered(self, accept: str) -> tuple[bytes, str] | None:
+        """The exposition for `accept`, rendered at most once per turn; None if it failed
+        (a bug in a collector costs the scrape, never the master, and its log line comes at
+        most once a minute, whoever keeps asking)."""
+        cached = self._cache.get(accept)
+        if cached is not None:
+            return cached
+        self._renders_left -= 1
+        try:
+            cached = self._cache[accept] = self.render(accept)
+        except Exception:
+            self._errors += 1
+            now = time.monotonic()
+            if now - self._error_logged >= ERROR_LOG_EVERY:
+                self.log.exception("metrics: collecting failed (%d times since the last "
+                                   "such line)", self._errors)
+                self._errors, self._error_logged = 0, now
+            return None
+        return cached
+
+    def tick(self, now: float) -> None:
+        """A new turn: forget the renders, renew the budgets, answer what was left over."""
+        self._cache.clear()
+        self._renders_left = RENDERS_PER_TURN
+        for conn in list(self.conns):
+            if isinstance(conn, _HttpConn):
+                conn.answered = 0
+                if conn.backlogged:
+                    conn.resume()
+        super().tick(now)
 
     def connection(self, sock: socket.socket, peer: str, now: float) -> Connection:
         return _HttpConn(self, sock, peer, now)

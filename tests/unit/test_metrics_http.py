@@ -12,7 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from gearman_driver.master.metrics_http import MAX_CONNECTIONS, MAX_REQUEST, MetricsServer
+from gearman_driver.master.metrics_http import (
+    MAX_CONNECTIONS,
+    MAX_REQUEST,
+    REQUESTS_PER_TURN,
+    MetricsServer,
+)
 from tests.gearmand_util import free_port
 from tests.unit.test_console_support import Client, Loop, stop_server, wait_for
 
@@ -86,6 +91,115 @@ def test_a_request_head_too_large_is_refused_and_closed(endpoint: MetricsServer)
     client.send(b"GET /metrics HTTP/1.1\r\n" + b"X-Pad: " + b"a" * MAX_REQUEST + b"\r\n")
     assert client.line() == b"HTTP/1.1 431 Request Header Fields Too Large\r"
     assert client.closed()
+
+
+def test_a_whole_request_head_over_8_kib_is_refused_too(endpoint: MetricsServer) -> None:
+    """The README promises 431 above 8 KiB, also for a head that arrives complete."""
+    head = b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"
+    client = Client(endpoint.address)
+    client.send(head)
+    assert client.line() == b"HTTP/1.1 431 Request Header Fields Too Large\r"
+    assert client.closed()
+
+
+class CountingRender:
+    """A render that counts its calls (the master's expensive part)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls = 0
+        self.fail = fail
+
+    def __call__(self, accept: str) -> tuple[bytes, str]:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("a collector's bug")
+        return render(accept)
+
+
+def counting_endpoint(counter: CountingRender) -> tuple[MetricsServer, Loop]:
+    sel = selectors.DefaultSelector()
+    server = MetricsServer(counter, sel, port=0, idle_timeout=5.0)
+    server.open()
+    return server, Loop(server, sel).start()
+
+
+def test_pipelined_requests_render_at_most_a_few_times_per_turn() -> None:
+    """One client pipelining 2,000 HEADs and GETs gets every answer, while the exposition is
+    rendered at most RENDERS_PER_TURN times a turn (not once per request)."""
+    counter = CountingRender()
+    server, loop = counting_endpoint(counter)
+    try:
+        requests = 2000
+        one = b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n"
+        client = Client(server.address, timeout=30)
+        client.send(one * (requests // 2))
+        statuses = 0
+        while statuses < requests:
+            line = client.line()
+            assert line is not None, f"closed after {statuses} answers"
+            statuses += line.startswith(b"HTTP/1.1 200 OK")
+        client.close()
+        # each turn answers at most REQUESTS_PER_TURN of this connection: 125 turns at least,
+        # and each rendered once (both methods share the render of one Accept header)
+        assert counter.calls <= requests // REQUESTS_PER_TURN + 2
+        assert counter.calls * REQUESTS_PER_TURN >= requests // 2
+    finally:
+        stop_server(server, loop)
+
+
+def test_distinct_accept_headers_cannot_buy_more_renders_per_turn() -> None:
+    counter = CountingRender()
+    server, loop = counting_endpoint(counter)
+    try:
+        heads = b"".join(b"HEAD /metrics HTTP/1.1\r\nAccept: text/x-%d\r\n\r\n" % i
+                         for i in range(200))
+        client = Client(server.address, timeout=30)
+        client.send(heads)
+        for _ in range(200):
+            line = client.line()
+            while line is not None and not line.startswith(b"HTTP/1.1 "):
+                line = client.line()
+            assert line == b"HTTP/1.1 200 OK\r"
+        client.close()
+        assert counter.calls == 200  # each had to be rendered once: no answer was skipped
+    finally:
+        stop_server(server, loop)
+
+
+@pytest.mark.parametrize("accept,expected", [
+    ("application/openmetrics-text; version=abc", "text/plain; version=0.0.4"),
+    ("application/openmetrics-text; version=1.0.0\x01", "text/plain; version=0.0.4"),
+    ("application/openmetrics-text; version=1.0.0; escaping=??", ""),
+    ("text/plain; version=nan", ""),
+    ("text/plain; version=" + "9" * 5000, ""),
+])
+def test_an_accept_header_is_never_an_error(accept: str, expected: str) -> None:
+    """Whatever the header, a body in a format Prometheus reads: the text format where
+    prometheus_client cannot negotiate (it raised on `version=abc`: a 500 and a traceback in
+    the log for every such scrape)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from gearman_driver.master.metrics import exposition
+
+    registry = CollectorRegistry()
+    Gauge("up_test", "a gauge", registry=registry).set(1)
+    body, content_type = exposition(registry, accept)
+    assert content_type.startswith(expected)
+    assert content_type.isprintable() and content_type.isascii()
+    assert b"up_test 1.0" in body
+
+
+def test_a_failing_render_is_a_500_and_logged_at_most_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    counter = CountingRender(fail=True)
+    server, loop = counting_endpoint(counter)
+    try:
+        with caplog.at_level("ERROR", logger="gearman_driver.metrics"):
+            for _ in range(20):
+                assert get(server).status == 500
+        assert caplog.text.count("metrics: collecting failed") == 1
+    finally:
+        stop_server(server, loop)
 
 
 def test_idle_connections_are_closed(endpoint: MetricsServer) -> None:
