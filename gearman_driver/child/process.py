@@ -30,7 +30,7 @@ from gearman_driver.child.backends import (
 )
 from gearman_driver.child.recycle import Recycler
 from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec, MethodSpec
-from gearman_driver.logs import set_process_context
+from gearman_driver.logs import LEVEL_SIGNAL, follow_level, set_process_context
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import SlotWriter, function_slot
 
@@ -217,7 +217,7 @@ def run_child(
         signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
         for signum in STOP_SIGNALS:
             _C_SIGNAL.signal(signum, request_stop)
-        _C_SIGNAL.signal(signal.SIGUSR1, _C_SIGNAL.SIG_IGN)
+        _C_SIGNAL.signal(LEVEL_SIGNAL, follow_level)  # the master changed the log level
         _C_SIGNAL.signal(signal.SIGUSR2, _C_SIGNAL.SIG_IGN)
         _C_SIGNAL.signal(signal.SIGCHLD, _C_SIGNAL.SIG_DFL)
         def orphaned(signum: int, frame: object) -> None:

@@ -24,7 +24,7 @@ from gearman_driver.config.settings import Settings, load_settings
 from gearman_driver.jobs.loader import Wanted, added_job_spec, load_configured, module_stamps
 from gearman_driver.jobs.options import JobOptions, effective_options
 from gearman_driver.jobs.table import Job, JobTable
-from gearman_driver.logs import reopen_logfile
+from gearman_driver.logs import LEVEL_SIGNAL, reopen_logfile
 from gearman_driver.master import early_signals
 from gearman_driver.master.autoscaler import Autoscaler
 from gearman_driver.master.endpoints import Endpoints
@@ -250,7 +250,10 @@ class Driver:
             loop_lag=lambda: loop_lag.value(time.monotonic()))
 
     def follow_settings(self, old: Settings) -> None:
-        """After a reload: a new server list or interval, console and metrics address."""
+        """After a reload: a new server list or interval, console and metrics address, and
+        the log level in every worker process (the log file they open on their own)."""
+        if old.loglevel != self.settings.loglevel and self.processes is not None:
+            self.processes.signal_all(LEVEL_SIGNAL)
         if self.autoscaler is not None:
             self.autoscaler.configure(self.settings)
         if self.endpoints is not None:

@@ -255,6 +255,11 @@ class ProcessManager:
         log.warning("killed process %d of %s (%s)", process.pid, process.job, reason,
                     extra=about_job(process.job))
 
+    def signal_all(self, signum: int) -> None:
+        """Send `signum` to every process of every job (e.g. the log level changed)."""
+        for process in list(self.jobs.processes()):
+            self._signal(process.pid, signum)
+
     def _signal(self, pid: int, signum: int) -> None:
         try:
             self._send_signal(pid, signum)
