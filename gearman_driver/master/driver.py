@@ -221,6 +221,7 @@ class Driver:
             options=self.options,
             graceful_timeout=lambda: float(self.settings.graceful_timeout),
             close_inherited=self.close_in_child,
+            on_other_exit=lambda pid: self.trial is not None and self.trial.on_reaped(pid),
         )
         callback = self.unknown_job_callback
         self.autoscaler = Autoscaler(

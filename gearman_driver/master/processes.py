@@ -91,6 +91,7 @@ class ProcessManager:
         close_inherited: Callable[[], None],
         send_signal: Callable[[int, int], None] = os.kill,
         wall: Callable[[], float] = time.time,
+        on_other_exit: Callable[[int], object] | None = None,
     ) -> None:
         self.jobs = jobs
         self.scoreboard = scoreboard
@@ -100,6 +101,9 @@ class ProcessManager:
         self._close_inherited = close_inherited
         self._send_signal = send_signal
         self._wall = wall  # the clock of the scoreboard's job_started (a job's timeout)
+        # told of a reaped child that is no job's process (a reload's trial), so that whoever
+        # started it knows its pid is free and never signals it again
+        self._on_other_exit = on_other_exit
         self.master_pid = os.getpid()
         self.start_failures = 0  # starts in a row that could not fork (or found no slot)
         self._retry_starts_at = 0.0
@@ -302,6 +306,8 @@ class ProcessManager:
             count += 1
             found = self.jobs.remove_process(pid)
             if found is None:
+                if self._on_other_exit is not None:
+                    self._on_other_exit(pid)
                 continue
             job, process = found
             view = self.scoreboard.read(process.slot)

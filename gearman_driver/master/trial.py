@@ -5,8 +5,15 @@ new `worker_options`) first forks a trial process. It forgets the worker modules
 imported, imports the namespaces from disk as a fresh master would, builds every worker object,
 applies `job_runtime_attributes`, and writes one line back over a pipe: `ok`, or the error.
 The pipe is in the master's selector, so the loop keeps turning (console, signals, scaling)
-while the trial runs; a trial still running after its time limit is killed by pid and the
-reload refused. Only a trial that answered `ok` lets the reload drain or replace processes.
+while the trial runs; a trial still running after its time limit is killed and the reload
+refused. Only a trial that answered `ok` lets the reload drain or replace processes.
+
+The verdict never depends on processes the worker code starts: the answer is framed (its
+length first), so it is complete without waiting for an EOF that a helper process holding the
+pipe would delay forever; the trial leads a process group of its own and kills the whole group
+(itself and whatever the worker code forked at import) once it has answered, and the master
+kills that group at the deadline, only while the trial is not yet reaped, so that a pid (or
+process group id) reused since is never signalled.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import os
 import selectors
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -40,6 +48,9 @@ MAX_ANSWER = 64 * 1024
 Done = Callable[[str | None], None]
 
 
+_LENGTH = struct.Struct("=I")  # the answer's length, before it
+
+
 class Trial:
     """One trial process, seen from the master: its pid, the read end of its pipe, a deadline."""
 
@@ -48,6 +59,7 @@ class Trial:
         self.pid, self.fd, self.deadline, self.limit = pid, fd, deadline, limit
         self._selector, self._done = selector, done
         self._answer = b""
+        self.reaped = False  # the master's reaper collected it: its pid may be reused
         selector.register(fd, selectors.EVENT_READ, self._on_readable)
 
     def _on_readable(self, mask: int) -> None:
@@ -56,18 +68,28 @@ class Trial:
         except BlockingIOError:
             return
         self._answer += chunk
-        if chunk and len(self._answer) <= MAX_ANSWER:
-            return
-        answer = self._answer.decode("utf-8", "replace").strip()
+        answer = self._framed()
+        if answer is None and chunk and len(self._answer) <= MAX_ANSWER + _LENGTH.size:
+            return  # more to come
         self._finish()
         if answer == OK:
             self._done(None)
         else:
-            self._done(single_line(answer) or f"the trial process {self.pid} that loads the new "
-                                            f"worker code exited without an answer")
+            self._done(single_line(answer or "") or f"the trial process {self.pid} that loads "
+                                                     f"the new worker code exited without an "
+                                                     f"answer")
+
+    def _framed(self) -> str | None:
+        """The whole answer once it is in, else None."""
+        if len(self._answer) < _LENGTH.size:
+            return None
+        (size,) = _LENGTH.unpack_from(self._answer)
+        if len(self._answer) < _LENGTH.size + size:
+            return None
+        return self._answer[_LENGTH.size:_LENGTH.size + size].decode("utf-8", "replace")
 
     def tick(self, now: float) -> None:
-        """Past the deadline: kill the trial by pid (it has not closed its pipe: not reaped)."""
+        """Past the deadline: kill the trial and what it started, refuse the reload."""
         if now < self.deadline:
             return
         self.kill()
@@ -75,14 +97,24 @@ class Trial:
                    f"(graceful_timeout); trial process {self.pid} killed")
 
     def kill(self) -> None:
-        """Stop the trial now (deadline, master exiting); its answer is no longer wanted."""
+        """Stop the trial now (deadline, master exiting); its answer is no longer wanted.
+        Its process group is killed only while the trial is not reaped: until then its pid,
+        which is the group's id, cannot belong to anyone else."""
         if self.fd < 0:
             return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if not self.reaped:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._finish()
+
+    def on_reaped(self, pid: int) -> bool:
+        """The master reaped `pid`: True if it was this trial (then it is never signalled)."""
+        if pid != self.pid:
+            return False
+        self.reaped = True
+        return True
 
     def close_in_child(self) -> None:
         """In a freshly forked worker process: the pipe is the master's."""
@@ -128,6 +160,7 @@ def _run_trial(master: int, old: Settings, new: Settings, write_fd: int,
     """The trial process: never returns into the master's code."""
     answer = "the trial process failed before loading anything"
     try:
+        os.setpgid(0, 0)  # a group of its own: what the worker code forks is killed with it
         for signum in FORK_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_SIGNALS)
@@ -143,9 +176,15 @@ def _run_trial(master: int, old: Settings, new: Settings, write_fd: int,
         cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
         answer = f"loading the new worker code failed: {cause}"
     try:
-        os.write(write_fd, answer.encode("utf-8", "replace")[:MAX_ANSWER])
+        data = answer.encode("utf-8", "replace")[:MAX_ANSWER]
+        frame = memoryview(_LENGTH.pack(len(data)) + data)
+        while frame:
+            frame = frame[os.write(write_fd, frame):]
     finally:
-        os._exit(0)
+        try:
+            os.killpg(0, signal.SIGKILL)  # this process and every helper the code started
+        finally:
+            os._exit(0)
 
 
 def _forget_worker_code(old: Settings, new: Settings) -> None:
