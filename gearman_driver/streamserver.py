@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import selectors
 import socket
 import time
@@ -182,14 +183,35 @@ class Connection:
 
 
 class Listener:
-    """One listening socket of a server: accepts in batches, refuses past the limit."""
+    """One listening socket of a server: accepts in batches, refuses past the limit.
 
-    def __init__(self, server: StreamServer, sock: socket.socket, label: str) -> None:
+    `address` says what it listens on (("tcp", host, port) or ("unix", path)), so that a
+    reload moving a server keeps the listeners whose address did not change. A unix socket's
+    file is removed when its listener closes, unless another server has replaced it since
+    (its inode, `unix_ino`, differs)."""
+
+    def __init__(self, server: StreamServer, sock: socket.socket, label: str,
+                 address: tuple[object, ...] = (), unix_ino: int | None = None) -> None:
         self.server = server
         self.sock = sock
         self.label = label
+        self.address = address
+        self.unix_ino = unix_ino
         self.registered = False
         self.paused_until = 0.0
+
+    def close(self) -> None:
+        """Stop listening for good; remove our socket file (not a successor's)."""
+        self.unregister()
+        self.sock.close()
+        if self.address[:1] == ("unix",) and self.unix_ino is not None:
+            path = str(self.address[1])
+            try:
+                if os.stat(path).st_ino == self.unix_ino:
+                    os.unlink(path)
+            except OSError:
+                pass
+            self.unix_ino = None
 
     def register(self) -> None:
         self.server.selector.register(self.sock, selectors.EVENT_READ, self.on_event)
@@ -289,6 +311,11 @@ class StreamServer:
         return host, port
 
     @property
+    def listeners(self) -> list[Listener]:
+        """The listeners open now (a reload's `prepare` keeps those whose address stays)."""
+        return list(self._listeners)
+
+    @property
     def connection_count(self) -> int:
         return len(self.conns)
 
@@ -303,6 +330,13 @@ class StreamServer:
 
     def bind_tcp(self, host: str, port: int, key: str) -> None:
         """Bind and listen on TCP; CannotCreate names the config `key` ("console_port")."""
+        listener = self.tcp_listener(host, port, key)
+        self._listeners.append(listener)
+        self._tcp = listener.sock
+
+    def tcp_listener(self, host: str, port: int, key: str) -> Listener:
+        """A bound, listening, not yet registered TCP listener on host:port; CannotCreate
+        names the config `key` ("console_port")."""
         try:
             family, kind, proto, _, addr = socket.getaddrinfo(
                 host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -326,8 +360,26 @@ class StreamServer:
         if not is_loopback(sock.getsockname()[0]):
             self.log.warning("%s has no authentication; listening on %s", self.name,
                              host or "*")
-        self._tcp = sock
-        self.add_listener(sock, "{}:{}".format(*self.address))
+        bound = sock.getsockname()
+        return Listener(self, sock, f"{bound[0]}:{bound[1]}", ("tcp", host, port))
+
+    def listener_at(self, address: tuple[object, ...]) -> Listener | None:
+        """The open listener on `address`, if any."""
+        return next((x for x in self._listeners if x.address == address), None)
+
+    def swap_listeners(self, listeners: list[Listener]) -> None:
+        """Listen on `listeners` from now on (a reload moved the server): the ones kept go on,
+        the others close, the new ones start accepting. Connections are not touched: a
+        client that asked for the reload still gets its answer on the connection it used."""
+        for old in self._listeners:
+            if old not in listeners:
+                old.close()
+        for new in listeners:
+            if new not in self._listeners:
+                new.register()
+                self.log.info("%s listening on %s", self.name, new.label)
+        self._listeners = list(listeners)
+        self._tcp = next((x.sock for x in listeners if x.address[:1] == ("tcp",)), None)
 
     def tick(self, now: float) -> None:
         """Close idle and lingering connections; resume accepting after fd exhaustion."""
@@ -349,8 +401,7 @@ class StreamServer:
                 pass
             conn.drop()
         for listener in self._listeners:
-            listener.unregister()
-            listener.sock.close()
+            listener.close()
         self._listeners.clear()
         self._tcp = None
 

@@ -37,6 +37,7 @@ from gearman_driver.streamserver import (
     OUTPUT_HIGH_WATER,
     RECV_SIZE,
     Connection,
+    Listener,
     StreamServer,
 )
 
@@ -179,7 +180,6 @@ class ConsoleServer(StreamServer):
         self.host = host
         self.port = port
         self.socket_path = socket_path
-        self._unix_ino: int | None = None
 
     def connection(self, sock: socket.socket, peer: str, now: float) -> Connection:
         return _Conn(self, sock, peer, now)
@@ -225,28 +225,57 @@ class ConsoleServer(StreamServer):
     def open(self) -> None:
         """Bind and listen; on CannotCreate (port in use, live socket file, a path that is not
         a socket) nothing is left open."""
-        try:
-            if self.port is not None:
-                self.bind_tcp(self.host, self.port, "console_port")
-            if self.socket_path is not None:
-                sock = self._bind_unix(self.socket_path)
-                self.add_listener(sock, f"unix:{self.socket_path}")
-            self.register_listeners()
-        except BaseException:
-            self.close()
-            raise
+        self.swap_listeners(self.prepare(self.host, self.port, self.socket_path))
 
-    def _bind_unix(self, path: str) -> socket.socket:
+    def prepare(self, host: str, port: int | None, socket_path: str | None) -> list[Listener]:
+        """The listeners for these addresses: those open already, the others bound now (not
+        yet accepting). CannotCreate says why one cannot be, and then nothing new is left
+        open; a reload is refused on it before it closes a working console."""
+        wanted: list[tuple[object, ...]] = []
+        if port is not None:
+            wanted.append(("tcp", host, port))
+        if socket_path is not None:
+            wanted.append(("unix", socket_path))
+        listeners: list[Listener] = []
+        try:
+            for address in wanted:
+                current = self.listener_at(address)
+                if current is not None:
+                    listeners.append(current)
+                elif address[0] == "tcp":
+                    listeners.append(self.tcp_listener(host, port or 0, "console_port"))
+                else:
+                    listeners.append(self._unix_listener(str(address[1])))
+        except BaseException:
+            for listener in listeners:
+                if listener not in self._listeners:
+                    listener.close()
+            raise
+        return listeners
+
+    def commit(self, listeners: list[Listener], host: str, port: int | None,
+               socket_path: str | None) -> None:
+        """Listen on what `prepare` gave for these addresses from now on (no listener at all
+        turns the console off for newcomers; its connections are answered to the end)."""
+        self.host, self.port, self.socket_path = host, port, socket_path
+        self.swap_listeners(listeners)
+
+    def _unix_listener(self, path: str) -> Listener:
         """Bind with mode 0600 from the start (umask, not a later chmod, so there is no window)
         after removing a stale socket file; refuse a live one or a non-socket (a symlink too:
         lstat, so a planted link never makes us unlink or bind somewhere else)."""
         try:
-            return self._bind_unix_path(path)
+            sock = self._bind_unix_path(path)
         except CannotCreate:
             raise
         except OSError as exc:
             raise CannotCreate(exc.errno, f"console_socket {path}: "
                                           f"{describe_path_error(path, exc)}") from None
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            ino = None
+        return Listener(self, sock, f"unix:{path}", ("unix", path), ino)
 
     def _bind_unix_path(self, path: str) -> socket.socket:
         try:
@@ -276,7 +305,6 @@ class ConsoleServer(StreamServer):
             finally:
                 os.umask(old)
             os.chmod(path, 0o600)
-            self._unix_ino = os.stat(path).st_ino
             sock.listen(128)
             sock.setblocking(False)
         except BaseException:
@@ -284,41 +312,3 @@ class ConsoleServer(StreamServer):
             raise
         return sock
 
-    def close(self) -> None:
-        """Stop listening, hang up on everyone, remove our socket file (not a successor's)."""
-        super().close()
-        if self.socket_path is not None and self._unix_ino is not None:
-            try:
-                if os.stat(self.socket_path).st_ino == self._unix_ino:
-                    os.unlink(self.socket_path)
-            except OSError:
-                pass
-            self._unix_ino = None
-
-    def close_in_child(self) -> None:
-        """As StreamServer's; no unlink of the socket file either (it is the parent's)."""
-        super().close_in_child()
-        self._unix_ino = None
-
-
-def probe(current: ConsoleServer | None, controller: Controller,
-          selector: selectors.BaseSelector, host: str, port: int | None,
-          socket_path: str | None) -> None:
-    """Bind, then let go of, what a console on these addresses needs beyond what `current`
-    holds: CannotCreate says why it could not be opened, so that a reload is refused before it
-    closes a working console (the unchanged listener is not bound twice)."""
-    if current is not None and (current.host, current.port) == (host, port):
-        port = None
-    if current is not None and current.socket_path == socket_path:
-        socket_path = None
-    if port is None and socket_path is None:
-        return
-    trial = ConsoleServer(controller, selector, host=host, port=port, socket_path=socket_path,
-                          log=logging.getLogger("gearman_driver.console.probe"))
-    try:
-        if port is not None:
-            trial.bind_tcp(host, port, "console_port")
-        if socket_path is not None:
-            trial.add_listener(trial._bind_unix(socket_path), f"unix:{socket_path}")
-    finally:
-        trial.close()

@@ -251,14 +251,12 @@ class Driver:
             loop_lag=lambda: loop_lag.value(time.monotonic()))
 
     def follow_settings(self, old: Settings) -> None:
-        """After a reload: a new server list or interval, console and metrics address, and
-        the log level in every worker process (the log file they open on their own)."""
+        """After a reload: a new server list or interval, and the log level in every worker
+        process (the log file they open on their own)."""
         if old.loglevel != self.settings.loglevel and self.processes is not None:
             self.processes.signal_all(LEVEL_SIGNAL)
         if self.autoscaler is not None:
             self.autoscaler.configure(self.settings)
-        if self.endpoints is not None:
-            self.endpoints.follow(old, self.settings)
 
     def close_in_child(self) -> None:
         """Right after fork: drop the master's sockets, pipes and signal set-up."""

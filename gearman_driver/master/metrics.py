@@ -36,7 +36,7 @@ from gearman_driver.scoreboard import DURATION_BUCKETS, MAX_FUNCTIONS, Counters,
 from gearman_driver.version import __version__
 
 __all__ = ["DriverCollector", "MetricsSource", "ProcessMemory", "exposition", "make_registry",
-           "open_endpoint"]
+           "new_endpoint"]
 
 _BOUNDS = tuple(f"{bound:g}" for bound in DURATION_BUCKETS) + ("+Inf",)
 _PROCESSES, _BUSY = "gearman_driver_processes", "gearman_driver_processes_busy"
@@ -283,12 +283,11 @@ def exposition(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
     return plain[0](registry), plain[1]
 
 
-def open_endpoint(source: MetricsSource, selector: selectors.BaseSelector, host: str,
-                  port: int) -> MetricsServer:
-    """The metrics endpoint on host:port, listening in the master's loop, reading `source`."""
+def new_endpoint(source: MetricsSource, selector: selectors.BaseSelector, host: str,
+                 port: int) -> MetricsServer:
+    """The metrics endpoint for host:port in the master's loop, reading `source`; it listens
+    once opened (`open`, or a reload's `prepare` and `commit`)."""
     collector = DriverCollector(source)
     registry = make_registry(collector)
-    server = MetricsServer(lambda accept: exposition(registry, accept), selector,
-                           host=host, port=port, release=collector.close)
-    server.open()
-    return server
+    return MetricsServer(lambda accept: exposition(registry, accept), selector,
+                         host=host, port=port, release=collector.close)

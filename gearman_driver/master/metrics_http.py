@@ -24,7 +24,13 @@ import socket
 import time
 from collections.abc import Callable
 
-from gearman_driver.streamserver import OUTPUT_HIGH_WATER, OUTPUT_LIMIT, Connection, StreamServer
+from gearman_driver.streamserver import (
+    OUTPUT_HIGH_WATER,
+    OUTPUT_LIMIT,
+    Connection,
+    Listener,
+    StreamServer,
+)
 
 MAX_REQUEST = 8192  # request line and headers
 MAX_CONNECTIONS = 64
@@ -227,9 +233,17 @@ class MetricsServer(StreamServer):
 
     def open(self) -> None:
         """Bind and listen; CannotCreate (port in use, bad address) leaves nothing open."""
-        try:
-            self.bind_tcp(self.host, self.port, "metrics_port")
-            self.register_listeners()
-        except BaseException:
-            self.close()
-            raise
+        self.swap_listeners(self.prepare(self.host, self.port))
+
+    def prepare(self, host: str, port: int) -> list[Listener]:
+        """The listener for host:port: the open one, or one bound now (not yet accepting);
+        CannotCreate says why it cannot be, so that a reload is refused on it before it
+        closes the working endpoint."""
+        current = self.listener_at(("tcp", host, port))
+        return [current] if current is not None else \
+            [self.tcp_listener(host, port, "metrics_port")]
+
+    def commit(self, listeners: list[Listener], host: str, port: int) -> None:
+        """Serve on what `prepare` gave from now on; open connections go on."""
+        self.host, self.port = host, port
+        self.swap_listeners(listeners)

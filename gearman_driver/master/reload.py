@@ -42,7 +42,7 @@ from gearman_driver.master.reload_plan import (
 from gearman_driver.master.trial import start_trial
 
 if TYPE_CHECKING:
-    from gearman_driver.master.endpoints import Endpoints
+    from gearman_driver.master.endpoints import Endpoints, Moves
     from gearman_driver.master.processes import ProcessManager
     from gearman_driver.master.systemd import Notifier
     from gearman_driver.master.trial import Trial
@@ -82,11 +82,15 @@ class _Prepared:
     new: Settings
     reexec: bool = False
     log_handler: logging.Handler | None = None  # when the logging settings changed
+    moves: Moves | None = None  # the console's and metrics' new listeners, bound already
 
     def discard(self) -> None:
         if self.log_handler is not None:
             self.log_handler.close()
             self.log_handler = None
+        if self.moves is not None:
+            self.moves.discard()
+            self.moves = None
 
 
 def apply_reload(driver: ReloadTarget) -> None:
@@ -102,7 +106,7 @@ def apply_reload(driver: ReloadTarget) -> None:
                                                          old.loglayout):
             prepared.log_handler = open_configured(new)
         if driver.endpoints is not None:
-            driver.endpoints.probe_console(old, new)
+            prepared.moves = driver.endpoints.prepare(old, new)
         reason = reexec_reason(old, new, driver.module_stamps, module_stamps(new.namespaces))
         if reason is not None:
             log.info("%s: the master will re-execute itself", reason)
@@ -164,6 +168,9 @@ def _apply(driver: ReloadTarget, prepared: _Prepared) -> None:
     if prepared.log_handler is not None:
         install(prepared.log_handler, new.loglevel)
         prepared.log_handler = None
+    if prepared.moves is not None and driver.endpoints is not None:
+        driver.endpoints.commit(prepared.moves, old, new)
+        prepared.moves = None
     driver.follow_settings(old)
     driver.finish_reload(None)
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
