@@ -91,6 +91,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except CannotCreate as exc:
         _print_error(str(exc))
         return EX_CANTCREAT
+    driver.pidfile = pidfile  # a reload may move it: the driver holds it from now on
     try:
         if settings.daemonize:
             _daemonize(pidfile)
@@ -100,8 +101,8 @@ def _main(argv: Sequence[str] | None) -> int:
         _print_error(str(exc))
         return EX_CANTCREAT
     finally:
-        if pidfile:
-            pidfile.release()
+        if driver.pidfile:
+            driver.pidfile.release()
 
 
 def _daemonize(pidfile: Any) -> None:

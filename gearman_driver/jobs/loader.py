@@ -391,16 +391,13 @@ def import_callback(spec: str, key: str = "unknown_job_callback",
     return function
 
 
-def module_stamps(namespaces: Sequence[str]) -> dict[str, tuple[str, float]]:
-    """File and mtime of every imported module below the namespaces (to notice code changes)."""
-    stamps = {}
-    for name, module in list(sys.modules.items()):
-        if not any(name == ns or name.startswith(ns + ".") for ns in namespaces):
-            continue
-        path = getattr(module, "__file__", None)
-        if path:
-            try:
-                stamps[name] = (path, os.stat(path).st_mtime)
-            except OSError:
-                continue
-    return stamps
+def found_modules(namespaces: Sequence[str]) -> dict[str, list[str]]:
+    """Each namespace's modules as they are on disk now (none where it cannot be listed: a
+    listing that differs from the one taken at load time then says "changed")."""
+    found: dict[str, list[str]] = {}
+    for namespace in namespaces:
+        try:
+            found[namespace] = module_names(namespace)
+        except USER_CODE_ERRORS:
+            found[namespace] = []
+    return found

@@ -21,7 +21,9 @@ from gearman_driver.api import Worker
 from gearman_driver.child.backends import backend_class
 from gearman_driver.child.process import host_label
 from gearman_driver.config.settings import Settings, load_settings
-from gearman_driver.jobs.loader import Wanted, added_job_spec, load_configured, module_stamps
+from gearman_driver.jobs import codestamp
+from gearman_driver.jobs.codestamp import CodeStamp
+from gearman_driver.jobs.loader import Wanted, added_job_spec, found_modules, load_configured
 from gearman_driver.jobs.options import JobOptions, effective_options
 from gearman_driver.jobs.table import Job, JobTable
 from gearman_driver.logs import LEVEL_SIGNAL, reopen_logfile
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from gearman_driver.console.control import DriverControl
     from gearman_driver.master.looplag import LoopLag
     from gearman_driver.master.metrics import MetricsSource
+    from gearman_driver.master.pidfile import PidFile
     from gearman_driver.master.trial import Trial
 
 log = logging.getLogger("gearman_driver")
@@ -81,7 +84,8 @@ class Driver:
         self.loaded_workers: dict[str, Worker] = {}  # class path -> the object its jobs run on
         self.reexec_allowed = False  # only a master started by the CLI can exec itself again
         self._reexec = False
-        self.module_stamps: dict[str, tuple[str, float]] = {}  # worker files at load time
+        self.code = CodeStamp()  # the worker code imported at load time, by content
+        self.pidfile: PidFile | None = None  # locked by the CLI; a reload may move it
         self._ready_sent = False
         self._readiness = Readiness()
         self.trial: Trial | None = None  # a reload's new worker code, loading in a process
@@ -130,7 +134,8 @@ class Driver:
         for spec in specs:
             self.jobs.add(spec)
             self.loaded_workers[spec.class_path] = spec.worker
-        self.module_stamps = module_stamps(settings.namespaces)
+        self.code = codestamp.stamp(settings.namespaces, settings.lib,
+                                    found_modules(settings.namespaces))
         if self.unknown_job_callback is None:
             self.unknown_job_callback = callback
         self._loaded = True

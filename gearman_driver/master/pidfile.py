@@ -59,6 +59,16 @@ class PidFile:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
+    def same_file(self, path: str) -> bool:
+        """Whether `path` names the file this one holds (a reload may spell it otherwise)."""
+        if self.fd is None:
+            return False
+        try:
+            here, there = os.fstat(self.fd), os.stat(path)
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
     def release(self) -> None:
         if self.fd is not None:
             try:

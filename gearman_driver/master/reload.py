@@ -29,17 +29,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gearman_driver.api import Worker
 from gearman_driver.config.reader import read_settings
 from gearman_driver.config.settings import ConfigError, Settings
-from gearman_driver.jobs.loader import module_stamps
+from gearman_driver.jobs.codestamp import CodeStamp, restamp
+from gearman_driver.jobs.loader import found_modules
 from gearman_driver.jobs.table import JobTable, LoadError
 from gearman_driver.logs import install, open_configured
+from gearman_driver.master.pidfile import PidFile, PidFileLocked
 from gearman_driver.master.reload_plan import (
     ReloadOutcome,
     changed_classes,
     rebuilt_specs,
     reexec_reason,
+    refusal,
     restart_needed,
 )
 from gearman_driver.master.trial import start_trial
+from gearman_driver.paths import CannotCreate
 
 if TYPE_CHECKING:
     from gearman_driver.master.endpoints import Endpoints, Moves
@@ -57,7 +61,8 @@ class ReloadTarget(Protocol):
     cli_overrides: Mapping[str, Any]
     jobs: JobTable
     loaded_workers: dict[str, Worker]
-    module_stamps: dict[str, tuple[str, float]]
+    code: CodeStamp
+    pidfile: PidFile | None
     reexec_allowed: bool
     selector: selectors.BaseSelector | None
     trial: Trial | None
@@ -83,6 +88,7 @@ class _Prepared:
     reexec: bool = False
     log_handler: logging.Handler | None = None  # when the logging settings changed
     moves: Moves | None = None  # the console's and metrics' new listeners, bound already
+    pidfile: PidFile | None = None  # the new pid file, locked already
 
     def discard(self) -> None:
         if self.log_handler is not None:
@@ -91,6 +97,9 @@ class _Prepared:
         if self.moves is not None:
             self.moves.discard()
             self.moves = None
+        if self.pidfile is not None:
+            self.pidfile.release()
+            self.pidfile = None
 
 
 def apply_reload(driver: ReloadTarget) -> None:
@@ -102,18 +111,24 @@ def apply_reload(driver: ReloadTarget) -> None:
     try:
         new = read_settings(old.config_files, driver.cli_overrides)
         prepared = _Prepared(old, new)
+        refused = refusal(old, new)
+        if refused is not None:
+            raise ConfigError(refused)
         if (new.loglevel, new.logfile, new.loglayout) != (old.loglevel, old.logfile,
                                                          old.loglayout):
             prepared.log_handler = open_configured(new)
         if driver.endpoints is not None:
             prepared.moves = driver.endpoints.prepare(old, new)
-        reason = reexec_reason(old, new, driver.module_stamps, module_stamps(new.namespaces))
+        reason = reexec_reason(old, new, driver.code,
+                               restamp(driver.code, found_modules(new.namespaces)))
         if reason is not None:
             log.info("%s: the master will re-execute itself", reason)
         prepared.reexec = reason is not None
         if prepared.reexec and not driver.reexec_allowed:
             raise ConfigError("the change needs a restart of gearman-driver (namespaces, lib "
                               "or worker code changed)")
+        if not prepared.reexec and new.pidfile != old.pidfile:
+            prepared.pidfile = _lock_pidfile(new, driver.pidfile)
         if prepared.reexec or changed_classes(driver.loaded_workers, old, new):
             assert driver.selector is not None
             ready = prepared
@@ -123,6 +138,21 @@ def apply_reload(driver: ReloadTarget) -> None:
         _apply(driver, prepared)
     except (ConfigError, LoadError, OSError) as exc:
         _refuse(driver, str(exc), prepared)
+
+
+def _lock_pidfile(new: Settings, current: PidFile | None) -> PidFile | None:
+    """The new pid file, locked and written before the old one is let go (None: no pid file
+    any more); one that cannot be is the reload's refusal, at the `pidfile` key."""
+    if not new.pidfile:
+        return None
+    pidfile = PidFile(new.pidfile)
+    try:
+        pidfile.acquire(write=True)
+    except (CannotCreate, PidFileLocked) as exc:
+        if current is not None and current.same_file(new.pidfile):
+            return None  # the same file under another name: keep the lock we hold
+        raise ConfigError(f"{new.locate('pidfile')}: {exc}") from None
+    return pidfile
 
 
 def _tried(driver: ReloadTarget, prepared: _Prepared, error: str | None) -> None:
@@ -171,6 +201,10 @@ def _apply(driver: ReloadTarget, prepared: _Prepared) -> None:
     if prepared.moves is not None and driver.endpoints is not None:
         driver.endpoints.commit(prepared.moves, old, new)
         prepared.moves = None
+    if new.pidfile != old.pidfile and (prepared.pidfile is not None or not new.pidfile):
+        if driver.pidfile is not None:
+            driver.pidfile.release()
+        driver.pidfile, prepared.pidfile = prepared.pidfile, None
     driver.follow_settings(old)
     driver.finish_reload(None)
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",

@@ -2,7 +2,9 @@
 pure functions, no I/O on the master's state (master/reload.py applies the plan).
 
 - which worker classes need new objects (their `worker_options` or the server list changed);
-- whether the master must re-execute itself (namespaces, `lib` or worker code on disk changed);
+- whether the master must re-execute itself (namespaces, `lib`, `wanted`, the unknown job
+  callback, or the content of the worker code on disk changed);
+- whether the reload is refused outright (a setting a running master cannot take);
 - which jobs roll (their processes are replaced: a new worker object, new servers, or a
   setting their processes were started with);
 - when a reload is refused (the new options change which jobs a class defines).
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from gearman_driver.api import Worker
 from gearman_driver.config.settings import Settings, options_for
+from gearman_driver.jobs.codestamp import CodeStamp, changes
 from gearman_driver.jobs.loader import apply_runtime_attributes, build_worker, job_specs
 from gearman_driver.jobs.table import JobSpec, JobTable, LoadError
 
@@ -23,8 +26,29 @@ CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend", "max_rss_mb")
 #: ... and the top-level ones (a change rolls every job).
 CHILD_SIDE_SETTINGS = ("worker_backend", "max_jobs_per_process", "max_jobs_jitter",
                        "max_rss_mb", "max_workload_mb")
+#: Settings whose change needs a fresh master: they decide what worker code is imported.
+REEXEC_SETTINGS = ("namespaces", "lib", "wanted", "unknown_job_callback")
+#: Settings a running master cannot take: a reload that changes one is refused.
+REFUSED_SETTINGS = ("daemonize",)
 
-ModuleStamps = Mapping[str, tuple[str, float]]  # module -> (file, mtime)
+#: How a reload applies each setting; `tests/unit/test_reload_plan.py` checks that every
+#: field of Settings is here, so that no setting can be accepted by a reload and ignored.
+APPLIED_BY = {
+    **{key: "re-exec" for key in REEXEC_SETTINGS},
+    **{key: "refused" for key in REFUSED_SETTINGS},
+    **{key: "rolling restart" for key in CHILD_SIDE_SETTINGS},
+    "server": "rolling restart", "server_string": "rolling restart",
+    "worker_options": "rolling restart of the class's jobs",
+    "job_runtime_attributes": "live (limits, timeout) or rolling restart of the job",
+    "console_port": "endpoints", "console_host": "endpoints", "console_socket": "endpoints",
+    "metrics_port": "endpoints", "metrics_host": "endpoints",
+    "console_allow_users": "live", "interval": "live", "max_idle_time": "live",
+    "graceful_timeout": "live",
+    "logfile": "live, every process", "loglevel": "live, every process",
+    "loglayout": "live, every process",
+    "pidfile": "live (the new file is locked before the old one is let go)",
+    "config_files": "fixed (the command line's)", "origins": "bookkeeping",
+}
 
 
 @dataclass(frozen=True)
@@ -42,13 +66,23 @@ class ReloadOutcome:
                                      f"running on the previous configuration")
 
 
-def reexec_reason(old: Settings, new: Settings, imported: ModuleStamps,
-                  on_disk: ModuleStamps) -> str | None:
-    """Why the master must re-execute itself to apply `new`, or None."""
-    if (old.namespaces, old.lib) != (new.namespaces, new.lib):
-        return "namespaces or lib changed"
-    changed = [name for name, (path, mtime) in on_disk.items()
-               if imported.get(name, (path, mtime))[1] != mtime]
+def refusal(old: Settings, new: Settings) -> str | None:
+    """Why a running master cannot take `new` at all, or None."""
+    for key in REFUSED_SETTINGS:
+        if getattr(old, key) != getattr(new, key):
+            return (f"{new.locate(key)}: {key}: cannot change while gearman-driver runs; "
+                    f"restart it to apply the new value")
+    return None
+
+
+def reexec_reason(old: Settings, new: Settings, imported: CodeStamp,
+                  on_disk: CodeStamp) -> str | None:
+    """Why the master must re-execute itself to apply `new`, or None: a setting that decides
+    what is imported changed, or the worker code it imported differs on disk (by content)."""
+    keys = [key for key in REEXEC_SETTINGS if getattr(old, key) != getattr(new, key)]
+    if keys:
+        return f"{' and '.join(keys)} changed"
+    changed = changes(imported, on_disk)
     if changed:
         return f"worker code changed ({', '.join(changed)})"
     return None

@@ -3,7 +3,9 @@ roll, when the master must re-execute itself, and when the reload is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +13,16 @@ import pytest
 
 from gearman_driver import Worker, job
 from gearman_driver.config.settings import Settings, load_settings
+from gearman_driver.jobs.codestamp import GONE, CodeStamp, changes, digest, restamp
 from gearman_driver.jobs.loader import job_specs
 from gearman_driver.jobs.table import JobSpec, JobTable, LoadError
 from gearman_driver.master.reload_plan import (
+    APPLIED_BY,
     ReloadOutcome,
     changed_classes,
     rebuilt_specs,
     reexec_reason,
+    refusal,
     restart_needed,
 )
 
@@ -118,16 +123,48 @@ def test_options_that_change_which_jobs_a_class_defines_are_refused(tmp_path: Pa
         rebuilt_specs(workers, jobs, old, settings(tmp_path, "new"))
 
 
-def test_namespaces_lib_or_code_on_disk_need_a_reexec(tmp_path: Path) -> None:
+def test_what_decides_the_imported_code_or_the_code_itself_needs_a_reexec(
+        tmp_path: Path) -> None:
     old = settings(tmp_path, "old", namespaces=["a"])
-    stamps = {"a.mod": ("/x/a/mod.py", 1.0)}
-    assert reexec_reason(old, old, stamps, stamps) is None
-    assert reexec_reason(old, settings(tmp_path, "ns", namespaces=["b"]), stamps,
-                         stamps) == "namespaces or lib changed"
-    assert reexec_reason(old, settings(tmp_path, "lib", namespaces=["a"], lib=["/l"]), stamps,
-                         stamps) == "namespaces or lib changed"
-    touched = {"a.mod": ("/x/a/mod.py", 2.0), "a.new": ("/x/a/new.py", 5.0)}
-    assert reexec_reason(old, old, stamps, touched) == "worker code changed (a.mod)"
+    stamp = CodeStamp({"a.mod": ("/x/a/mod.py", "1111")}, {"a": ("a", "a.mod")})
+    assert reexec_reason(old, old, stamp, stamp) is None
+    for name, config, key in (("ns", {"namespaces": ["b"]}, "namespaces"),
+                              ("lib", {"namespaces": ["a"], "lib": ["/l"]}, "lib"),
+                              ("wanted", {"namespaces": ["a"], "wanted": "m:f"}, "wanted"),
+                              ("cb", {"namespaces": ["a"], "unknown_job_callback": "m:f"},
+                               "unknown_job_callback")):
+        assert reexec_reason(old, settings(tmp_path, name, **config), stamp,
+                             stamp) == f"{key} changed"
+    edited = CodeStamp({"a.mod": ("/x/a/mod.py", "2222")}, stamp.found)
+    assert reexec_reason(old, old, stamp, edited) == "worker code changed (a.mod)"
+    added = CodeStamp(stamp.files, {"a": ("a", "a.mod", "a.new")})
+    assert reexec_reason(old, old, stamp, added) == "worker code changed (a.new)"
+    gone = CodeStamp({"a.mod": ("/x/a/mod.py", GONE)}, stamp.found)
+    assert reexec_reason(old, old, stamp, gone) == "worker code changed (a.mod)"
+
+
+def test_a_file_rewritten_with_its_old_mtime_is_still_a_change(tmp_path: Path) -> None:
+    module = tmp_path / "mod.py"
+    module.write_text("A = 1\n")
+    before = CodeStamp({"m": (str(module), digest(str(module)))}, {})
+    stat = module.stat()
+    module.write_text("A = 2\n")
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as rsync -t or tar would
+    assert changes(before, restamp(before, {})) == ["m"]
+
+
+def test_every_setting_is_applied_somehow_by_a_reload() -> None:
+    """A reload answers OK only for what it applies: each field of Settings says how."""
+    assert {f.name for f in dataclasses.fields(Settings)} == set(APPLIED_BY)
+
+
+def test_a_setting_a_running_master_cannot_take_refuses_the_reload(tmp_path: Path) -> None:
+    old = settings(tmp_path, "old")
+    assert refusal(old, old) is None
+    why = refusal(old, settings(tmp_path, "new", daemonize=True))
+    assert why is not None and why.startswith(f"{tmp_path / 'new.yml'}:1:")
+    assert why.endswith(": daemonize: cannot change while gearman-driver runs; restart it to "
+                        "apply the new value")
 
 
 def test_a_refused_reload_shows_in_status_until_a_good_one() -> None:
