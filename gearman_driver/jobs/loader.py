@@ -389,15 +389,3 @@ def import_callback(spec: str, key: str = "unknown_job_callback",
             raise LoadError(f"{key}: {problem}")
         raise error((key,), problem)
     return function
-
-
-def found_modules(namespaces: Sequence[str]) -> dict[str, list[str]]:
-    """Each namespace's modules as they are on disk now (none where it cannot be listed: a
-    listing that differs from the one taken at load time then says "changed")."""
-    found: dict[str, list[str]] = {}
-    for namespace in namespaces:
-        try:
-            found[namespace] = module_names(namespace)
-        except USER_CODE_ERRORS:
-            found[namespace] = []
-    return found

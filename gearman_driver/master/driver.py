@@ -23,7 +23,7 @@ from gearman_driver.child.process import host_label
 from gearman_driver.config.settings import Settings, load_settings
 from gearman_driver.jobs import codestamp
 from gearman_driver.jobs.codestamp import CodeStamp
-from gearman_driver.jobs.loader import Wanted, added_job_spec, found_modules, load_configured
+from gearman_driver.jobs.loader import Wanted, added_job_spec, load_configured
 from gearman_driver.jobs.options import JobOptions, effective_options
 from gearman_driver.jobs.table import Job, JobTable
 from gearman_driver.logs import LEVEL_SIGNAL, reopen_logfile
@@ -134,8 +134,7 @@ class Driver:
         for spec in specs:
             self.jobs.add(spec)
             self.loaded_workers[spec.class_path] = spec.worker
-        self.code = codestamp.stamp(settings.namespaces, settings.lib,
-                                    found_modules(settings.namespaces))
+        self.code = codestamp.stamp(settings.namespaces, settings.lib)
         if self.unknown_job_callback is None:
             self.unknown_job_callback = callback
         self._loaded = True

@@ -30,7 +30,6 @@ from gearman_driver.api import Worker
 from gearman_driver.config.reader import read_settings
 from gearman_driver.config.settings import ConfigError, Settings
 from gearman_driver.jobs.codestamp import CodeStamp, restamp
-from gearman_driver.jobs.loader import found_modules
 from gearman_driver.jobs.table import JobTable, LoadError
 from gearman_driver.logs import install, open_configured
 from gearman_driver.master.pidfile import PidFile, PidFileLocked
@@ -119,8 +118,7 @@ def apply_reload(driver: ReloadTarget) -> None:
             prepared.log_handler = open_configured(new)
         if driver.endpoints is not None:
             prepared.moves = driver.endpoints.prepare(old, new)
-        reason = reexec_reason(old, new, driver.code,
-                               restamp(driver.code, found_modules(new.namespaces)))
+        reason = reexec_reason(old, new, driver.code, restamp(driver.code))
         if reason is not None:
             log.info("%s: the master will re-execute itself", reason)
         prepared.reexec = reason is not None

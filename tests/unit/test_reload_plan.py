@@ -126,7 +126,8 @@ def test_options_that_change_which_jobs_a_class_defines_are_refused(tmp_path: Pa
 def test_what_decides_the_imported_code_or_the_code_itself_needs_a_reexec(
         tmp_path: Path) -> None:
     old = settings(tmp_path, "old", namespaces=["a"])
-    stamp = CodeStamp({"a.mod": ("/x/a/mod.py", "1111")}, {"a": ("a", "a.mod")})
+    stamp = CodeStamp({"a.mod": ("/x/a/mod.py", "1111")}, {"a": ("/x/a",)},
+                      {"a": ("a", "a.mod")})
     assert reexec_reason(old, old, stamp, stamp) is None
     for name, config, key in (("ns", {"namespaces": ["b"]}, "namespaces"),
                               ("lib", {"namespaces": ["a"], "lib": ["/l"]}, "lib"),
@@ -135,22 +136,22 @@ def test_what_decides_the_imported_code_or_the_code_itself_needs_a_reexec(
                                "unknown_job_callback")):
         assert reexec_reason(old, settings(tmp_path, name, **config), stamp,
                              stamp) == f"{key} changed"
-    edited = CodeStamp({"a.mod": ("/x/a/mod.py", "2222")}, stamp.found)
+    edited = CodeStamp({"a.mod": ("/x/a/mod.py", "2222")}, stamp.dirs, stamp.found)
     assert reexec_reason(old, old, stamp, edited) == "worker code changed (a.mod)"
-    added = CodeStamp(stamp.files, {"a": ("a", "a.mod", "a.new")})
+    added = CodeStamp(stamp.files, stamp.dirs, {"a": ("a", "a.mod", "a.new")})
     assert reexec_reason(old, old, stamp, added) == "worker code changed (a.new)"
-    gone = CodeStamp({"a.mod": ("/x/a/mod.py", GONE)}, stamp.found)
+    gone = CodeStamp({"a.mod": ("/x/a/mod.py", GONE)}, stamp.dirs, stamp.found)
     assert reexec_reason(old, old, stamp, gone) == "worker code changed (a.mod)"
 
 
 def test_a_file_rewritten_with_its_old_mtime_is_still_a_change(tmp_path: Path) -> None:
     module = tmp_path / "mod.py"
     module.write_text("A = 1\n")
-    before = CodeStamp({"m": (str(module), digest(str(module)))}, {})
+    before = CodeStamp({"m": (str(module), digest(str(module)))})
     stat = module.stat()
     module.write_text("A = 2\n")
     os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as rsync -t or tar would
-    assert changes(before, restamp(before, {})) == ["m"]
+    assert changes(before, restamp(before)) == ["m"]
 
 
 def test_every_setting_is_applied_somehow_by_a_reload() -> None:
