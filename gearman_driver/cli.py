@@ -64,11 +64,14 @@ def _main(argv: Sequence[str] | None) -> int:
     from gearman_driver.logs import install, open_configured, setup_logging
     from gearman_driver.master.driver import Driver
     from gearman_driver.master.pidfile import PidFile, PidFileLocked
+    from gearman_driver.master.reexec import take_handover
     from gearman_driver.paths import EX_CANTCREAT, CannotCreate
 
     command = parse_args(args)
+    handover = take_handover()  # a re-exec: start from what the master before accepted
     try:
-        settings = read_settings(command.config_files, command.overrides)
+        settings = handover.settings if handover else \
+            read_settings(command.config_files, command.overrides)
         install(open_configured(settings), settings.loglevel)
         driver = Driver(settings)
         driver.cli_overrides = command.overrides
@@ -76,7 +79,10 @@ def _main(argv: Sequence[str] | None) -> int:
         driver.load()
     except (ConfigError, LoadError) as exc:
         _print_error(str(exc))
+        if handover:
+            handover.refuse(str(exc))
         return EX_CONFIG
+    driver.handover = handover
     if command.check_config:
         print(job_table(driver))
         return 0

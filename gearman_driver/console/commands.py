@@ -26,6 +26,8 @@ from gearman_driver.scoreboard import MAX_PROCESSES
 
 __all__ = [
     "Controller",
+    "Deferred",
+    "ReloadWaiter",
     "Reply",
     "CommandError",
     "COMMANDS",
@@ -61,7 +63,18 @@ class Controller(Protocol):
         ...
 
 
-Answer = Callable[["Reply"], None]
+class Deferred(Protocol):
+    """A client waiting for a reply that comes later (the server's connection to it)."""
+
+    def answer(self, reply: Reply) -> None:
+        """Send the reply now, and go on with the client's next commands."""
+        ...
+
+    def detach(self) -> int | None:
+        """Hand the client over: an inheritable descriptor of its connection, which this
+        process no longer serves (a master about to re-execute itself gives it to the new
+        one, which answers); None if it cannot be."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +82,35 @@ class Reply:
     """Lines to send (without the final ``.``); ``close`` asks the server to hang up.
 
     ``later`` defers the answer (``reload`` waits for the outcome of the reload it asked for):
-    the server calls it with a function that sends the real reply, and reads no further
-    command from that client until then."""
+    the server calls it with the waiting client, answered through its ``answer``, and reads
+    no further command from that client until then."""
 
     lines: tuple[str, ...]
     close: bool = False
     terminate: bool = True  # False for quit: no reply at all, not even "."
-    later: Callable[[Answer], None] | None = None
+    later: Callable[[Deferred], None] | None = None
+
+
+class ReloadWaiter:
+    """A console client waiting for the outcome of the reload it asked for: told once,
+    ``OK`` or ``ERR reload_failed: why``; or handed over with its connection (`detach`) when
+    the master re-executes itself, so that the new master gives the answer."""
+
+    def __init__(self, client: Deferred) -> None:
+        self.client = client
+
+    def __call__(self, error: str | None) -> None:
+        self.client.answer(reload_reply(error))
+
+    def detach(self) -> int | None:
+        return self.client.detach()
+
+
+def reload_reply(error: str | None) -> Reply:
+    """What the console answers to `reload`: OK (applied) or why it was refused."""
+    if error is None:
+        return _ok()
+    return Reply((CommandError("reload_failed", printable_line(error)).line,))
 
 
 class CommandError(Exception):
@@ -227,15 +262,7 @@ def cmd_shutdown(ctl: Controller, args: list[str]) -> Reply:
 
 def cmd_reload(ctl: Controller, args: list[str]) -> Reply:
     _args("reload", args, 0)
-
-    def start(answer: Answer) -> None:
-        def done(error: str | None) -> None:
-            answer(_ok() if error is None else
-                   Reply((CommandError("reload_failed", printable_line(error)).line,)))
-
-        ctl.request_reload(done)
-
-    return Reply((), later=start)
+    return Reply((), later=lambda client: ctl.request_reload(ReloadWaiter(client)))
 
 
 Handler = Callable[[Controller, list[str]], Reply]

@@ -123,7 +123,7 @@ class _Conn(Connection):
     def respond(self, reply: Reply) -> None:
         if reply.later is not None:
             self.waiting = True
-            reply.later(self.answer_later)
+            reply.later(self)
             return
         if reply.close:
             self.closing = True
@@ -131,8 +131,20 @@ class _Conn(Connection):
         if reply.terminate:
             self.queue("".join(f"{line}\n" for line in (*reply.lines, ".")).encode())
 
-    def answer_later(self, reply: Reply) -> None:
-        """The deferred reply is ready: send it and go on with the client's next commands."""
+    def detach(self) -> int | None:
+        """Deferred's: an inheritable duplicate of the socket, for the master that follows a
+        re-exec (it answers and serves the client from then on); here it is let go quietly,
+        without a reply, without even a shutdown (which would cut it for the new master)."""
+        if self.sock.fileno() < 0:
+            return None
+        fd = os.dup(self.sock.fileno())  # os.dup's descriptor is not inheritable ...
+        os.set_inheritable(fd, True)  # ... this one must survive the exec
+        self.outbuf.clear()
+        self.drop()
+        return fd
+
+    def answer(self, reply: Reply) -> None:
+        """Deferred's: send the reply and go on with the client's next commands."""
         self.waiting = False
         if self.sock.fileno() < 0:
             return  # the client went away meanwhile
@@ -168,9 +180,8 @@ class ConsoleServer(StreamServer):
         log: logging.Logger | None = None,
     ) -> None:
         """``allowed_uids``: who besides root and the daemon's user may change things; None
-        lets anyone (console_allow_users: ["*"])."""
-        if port is None and socket_path is None:
-            raise ValueError("console needs a TCP port or a unix socket path")
+        lets anyone (console_allow_users: ["*"]). With neither a port nor a socket path it
+        listens nowhere and only serves clients handed to it (`adopt`)."""
         super().__init__(selector, max_connections=MAX_CONNECTIONS, idle_timeout=idle_timeout,
                          log=log or logging.getLogger("gearman_driver.console"))
         self.controller = controller
@@ -183,6 +194,26 @@ class ConsoleServer(StreamServer):
 
     def connection(self, sock: socket.socket, peer: str, now: float) -> Connection:
         return _Conn(self, sock, peer, now)
+
+    def adopt(self, fd: int) -> _Conn:
+        """A client handed over by the master before a re-exec (see `_Conn.detach`): served
+        from now on, waiting for the reply to the `reload` it sent to the master before."""
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        label = self._listeners[0] if self._listeners else None
+        try:
+            peer = sock.getpeername()
+            name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        except OSError:
+            name = "unix"
+        conn = _Conn(self, sock, name, time.monotonic())
+        conn.listener = label
+        conn.waiting = True
+        conn.owing_since = None
+        self.conns.add(conn)
+        conn.update_interest()
+        return conn
 
     def make_room(self, full: list[Connection]) -> bool:
         """A listener is full: close the connection owing a line longest, else the one idle

@@ -32,6 +32,7 @@ from gearman_driver.master.autoscaler import Autoscaler
 from gearman_driver.master.endpoints import Endpoints
 from gearman_driver.master.processes import ProcessManager
 from gearman_driver.master.readiness import Readiness
+from gearman_driver.master.reexec import Accepted, Handover
 from gearman_driver.master.reload_plan import ReloadOutcome
 from gearman_driver.master.systemd import Notifier
 from gearman_driver.scoreboard import MAX_PROCESSES, Scoreboard
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gearman_driver")
 
 TURN_SECONDS = 0.2
+SHUTTING_DOWN = "gearman-driver is shutting down; the reload was not applied"
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGUSR1, signal.SIGUSR2)
 
@@ -83,7 +85,9 @@ class Driver:
         self.driver_id = ""  # "<host>:<master pid>", set by run(): daemonizing changes the pid
         self.loaded_workers: dict[str, Worker] = {}  # class path -> the object its jobs run on
         self.reexec_allowed = False  # only a master started by the CLI can exec itself again
-        self._reexec = False
+        self._reexec: Accepted | None = None  # draining to exec a master with these settings
+        self.handover: Handover | None = None  # from the master this one replaced (re-exec)
+        self._applied_waiters: list[Callable[[str | None], None]] = []  # OK once READY=1
         self.code = CodeStamp()  # the worker code imported at load time, by content
         self.pidfile: PidFile | None = None  # locked by the CLI; a reload may move it
         self._ready_sent = False
@@ -112,12 +116,18 @@ class Driver:
         return name in self.jobs
 
     def shutdown(self) -> None:
-        """Graceful: children finish the job in hand, then the master returns from run()."""
+        """Graceful: children finish the job in hand, then the master returns from run().
+        Every reload still asked for, running or draining is answered: not applied."""
         if not self._stopping:
             log.info("shutting down: stopping %d processes",
                      sum(len(j.processes) for j in self.jobs.values()))
             self.notifier.stopping()
         self._stopping = True
+        self._reload_requested = False
+        waiters = [*self._current_waiters, *self._reload_waiters]
+        self._current_waiters, self._reload_waiters = [], []
+        for done in waiters:
+            done(SHUTTING_DOWN)
         if self.processes:
             for process in list(self.jobs.processes()):
                 self.processes.stop(process, "shutdown")
@@ -161,12 +171,7 @@ class Driver:
                 if self._stopping and not any(j.processes for j in self.jobs.values()):
                     break
                 if self._reexec and not any(j.processes for j in self.jobs.values()):
-                    from gearman_driver.master.reexec import hold_signals, reexec
-
-                    hold_signals(HANDLED_SIGNALS, self._wakeup[0] if self._wakeup else None)
-                    self._close()
-
-                    reexec(self.settings.daemonize)
+                    self._reexec_now(self._reexec)
         finally:
             self._close()
         log.info("gearman-driver stopped")
@@ -235,6 +240,12 @@ class Driver:
         self.endpoints = Endpoints(self.selector, TURN_SECONDS, control=self.console_control,
                                    metrics_source=self._metrics_source)
         self.endpoints.open(self.settings)
+        if self.handover is not None:  # the clients the master before this one left waiting
+            for fd in self.handover.applied:
+                self._applied_waiters.append(self.endpoints.adopt(fd, self.settings))
+            for fd in self.handover.pending:
+                self.request_reload(self.endpoints.adopt(fd, self.settings))
+            self.handover = None
 
     def console_control(self) -> DriverControl:
         """What the console's commands may read and do: the job table, stops, reload."""
@@ -323,7 +334,7 @@ class Driver:
     @property
     def reload_in_progress(self) -> bool:
         """A trial of new worker code is running, or the master drains to re-execute itself."""
-        return self.trial is not None or self._reexec
+        return self.trial is not None or self._reexec is not None
 
     def reload(self) -> None:
         """SIGHUP: re-read the config files; keep the old configuration if they are invalid.
@@ -334,7 +345,12 @@ class Driver:
         apply_reload(self)
 
     def request_reload(self, done: Callable[[str | None], None] | None = None) -> None:
-        """Reload on the next turn, as SIGHUP does; ``done`` learns that reload's outcome."""
+        """Reload on the next turn, as SIGHUP does; ``done`` learns that reload's outcome
+        (at once when shutting down: no reload is done then)."""
+        if self._stopping:
+            if done is not None:
+                done(SHUTTING_DOWN)
+            return
         if done is not None:
             self._reload_waiters.append(done)
         self._reload_requested = True
@@ -359,6 +375,11 @@ class Driver:
         status = self.status_line()
         log.info("ready: %s", status)
         self.notifier.ready(status)
+        if self._applied_waiters:  # the reload that re-executed the master is done
+            self.reloads["ok"] += 1
+            waiters, self._applied_waiters = self._applied_waiters, []
+            for done in waiters:
+                done(None)
 
     def rolling_restart(self, names: Sequence[str]) -> None:
         """Replace these jobs' processes: old ones finish the job in hand, new ones start now."""
@@ -367,16 +388,40 @@ class Driver:
             for process in list(self.jobs[name].processes.values()):
                 self.processes.stop(process, "reload")
 
-    def request_reexec(self) -> bool:
-        """Drain every process, then exec a fresh master (worker code or namespaces changed).
-        False when this master was not started by the CLI and cannot exec itself again."""
+    def request_reexec(self, settings: Settings, code: CodeStamp) -> bool:
+        """Drain every process, then exec a fresh master that runs `settings` and the code of
+        stamp `code` (what the reload checked). False when this master was not started by the
+        CLI and cannot exec itself again."""
         if not self.reexec_allowed:
             return False
-        self._reexec = True  # RELOADING=1 is sent already; the new master sends READY=1
+        self._reexec = Accepted(settings, code)  # RELOADING=1 is sent; the new one: READY=1
         assert self.processes is not None
         for process in list(self.jobs.processes()):
             self.processes.stop(process, "re-exec")
         return True
+
+    def _reexec_now(self, accepted: Accepted) -> None:
+        """Every process has drained: exec the new master, handing it the accepted settings
+        and the clients waiting for a reload; or, if the code changed meanwhile, refuse the
+        reload and go on with the old code (the next turn starts the processes again)."""
+        from gearman_driver.master.reexec import detach_all, hold_signals, reexec
+
+        why = accepted.code_changed_since()
+        if why is not None:
+            self._reexec = None
+            self.finish_reload(why)
+            log.error("%s", self.status_text())
+            self.notifier.ready()
+            return
+        handover = Handover(accepted.settings,
+                            applied=detach_all(self._current_waiters, None),
+                            pending=detach_all(self._reload_waiters, "gearman-driver re-executed "
+                                               "itself before this reload ran; ask again"))
+        self._current_waiters, self._reload_waiters = [], []
+        hold_signals(HANDLED_SIGNALS, self._wakeup[0] if self._wakeup else None)
+        self._close()
+        handover.give()
+        reexec(self.settings.daemonize)
 
     # -- what STATUS reads --------------------------------------------------------------------
     def status_text(self) -> str:

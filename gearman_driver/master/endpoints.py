@@ -21,6 +21,7 @@ from gearman_driver.paths import CannotCreate
 from gearman_driver.streamserver import Listener
 
 if TYPE_CHECKING:
+    from gearman_driver.console.commands import ReloadWaiter
     from gearman_driver.console.control import DriverControl
     from gearman_driver.console.server import ConsoleServer
     from gearman_driver.master.looplag import LoopLag
@@ -142,6 +143,13 @@ class Endpoints:
             from gearman_driver.peercred import resolve_users
 
             self.console.allowed_uids = resolve_users(new.console_allow_users)
+
+    def adopt(self, fd: int, settings: Settings) -> ReloadWaiter:
+        """A console client the master before a re-exec left waiting for a reload's outcome
+        (served by the console here, even one that no longer listens anywhere)."""
+        from gearman_driver.console.commands import ReloadWaiter
+
+        return ReloadWaiter(self._console_server(settings).adopt(fd))
 
     def servers(self) -> list[Any]:
         """The console and the metrics endpoint, those that are open."""

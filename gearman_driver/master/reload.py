@@ -71,7 +71,7 @@ class ReloadTarget(Protocol):
     reload_outcome: ReloadOutcome | None
 
     def close_in_child(self) -> None: ...
-    def request_reexec(self) -> bool: ...
+    def request_reexec(self, settings: Settings, code: CodeStamp) -> bool: ...
     def finish_reload(self, error: str | None) -> None: ...
     def rolling_restart(self, names: Sequence[str]) -> None: ...
     def follow_settings(self, old: Settings) -> None: ...
@@ -131,7 +131,7 @@ def apply_reload(driver: ReloadTarget) -> None:
             assert driver.selector is not None
             ready = prepared
             driver.trial = start_trial(old, new, driver.selector, driver.close_in_child,
-                                       lambda error: _tried(driver, ready, error))
+                                       lambda error, code: _tried(driver, ready, error, code))
             return
         _apply(driver, prepared)
     except (ConfigError, LoadError, OSError) as exc:
@@ -153,17 +153,18 @@ def _lock_pidfile(new: Settings, current: PidFile | None) -> PidFile | None:
     return pidfile
 
 
-def _tried(driver: ReloadTarget, prepared: _Prepared, error: str | None) -> None:
+def _tried(driver: ReloadTarget, prepared: _Prepared, error: str | None,
+           code: CodeStamp | None) -> None:
     """The trial answered (or ran out of time): go on with the reload, or refuse it."""
     driver.trial = None
-    if error is not None:
-        _refuse(driver, error, prepared)
+    if error is not None or code is None:
+        _refuse(driver, error or "the trial gave no stamp of the code it loaded", prepared)
         return
     if prepared.reexec:
         prepared.discard()  # the new master opens what it needs itself
         log.info("the new worker code loads: re-executing the master")
-        driver.request_reexec()  # the new master sends READY=1
-        driver.finish_reload(None)
+        # the new master sends READY=1 and answers whoever asked for this reload
+        driver.request_reexec(prepared.new, code)
         return
     try:
         _apply(driver, prepared)

@@ -6,7 +6,9 @@ imported, imports the namespaces from disk as a fresh master would, builds every
 applies `job_runtime_attributes`, and writes one line back over a pipe: `ok`, or the error.
 The pipe is in the master's selector, so the loop keeps turning (console, signals, scaling)
 while the trial runs; a trial still running after its time limit is killed and the reload
-refused. Only a trial that answered `ok` lets the reload drain or replace processes.
+refused. Only a trial that answered `ok` lets the reload drain or replace processes; its
+answer carries the stamp of the code it loaded (jobs/codestamp.py), which the master checks
+again right before it re-executes itself.
 
 The verdict never depends on processes the worker code starts: the answer is framed (its
 length first), so it is complete without waiting for an EOF that a helper process holding the
@@ -19,6 +21,7 @@ process group id) reused since is never signalled.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import selectors
@@ -33,6 +36,7 @@ from typing import NoReturn
 from gearman_driver.child.process import set_parent_death_signal
 from gearman_driver.config.reading import single_line
 from gearman_driver.config.settings import ConfigError, Settings
+from gearman_driver.jobs.codestamp import CodeStamp, stamp
 from gearman_driver.jobs.loader import load_configured
 from gearman_driver.jobs.table import LoadError
 from gearman_driver.logs import set_process_context
@@ -41,11 +45,13 @@ from gearman_driver.master.processes import FORK_SIGNALS
 log = logging.getLogger("gearman_driver.reload")
 
 OK = "ok"
-#: The longest answer read from a trial; an error line is far shorter.
-MAX_ANSWER = 64 * 1024
+#: The longest answer read from a trial: the stamp of what it loaded (a few hundred bytes a
+#: module) or an error line.
+MAX_ANSWER = 16 * 1024 * 1024
 
-#: Called once with None (the new code loads) or the one-line reason it does not.
-Done = Callable[[str | None], None]
+#: Called once with (None, the stamp of the code it loaded), or (the one-line reason the new
+#: code does not load, None).
+Done = Callable[[str | None, CodeStamp | None], None]
 
 
 _LENGTH = struct.Struct("=I")  # the answer's length, before it
@@ -64,7 +70,7 @@ class Trial:
 
     def _on_readable(self, mask: int) -> None:
         try:
-            chunk = os.read(self.fd, MAX_ANSWER)
+            chunk = os.read(self.fd, 1 << 16)
         except BlockingIOError:
             return
         self._answer += chunk
@@ -72,12 +78,16 @@ class Trial:
         if answer is None and chunk and len(self._answer) <= MAX_ANSWER + _LENGTH.size:
             return  # more to come
         self._finish()
-        if answer == OK:
-            self._done(None)
+        try:
+            verdict = json.loads(answer) if answer is not None else {}
+        except ValueError:
+            verdict = {}
+        if verdict.get(OK):
+            self._done(None, CodeStamp.from_json(verdict["stamp"]))
         else:
-            self._done(single_line(answer or "") or f"the trial process {self.pid} that loads "
-                                                     f"the new worker code exited without an "
-                                                     f"answer")
+            error = single_line(str(verdict.get("error", "")))
+            self._done(error or f"the trial process {self.pid} that loads the new worker code "
+                                f"exited without an answer", None)
 
     def _framed(self) -> str | None:
         """The whole answer once it is in, else None."""
@@ -94,7 +104,7 @@ class Trial:
             return
         self.kill()
         self._done(f"loading the new worker code took longer than {self.limit:g}s "
-                   f"(graceful_timeout); trial process {self.pid} killed")
+                   f"(graceful_timeout); trial process {self.pid} killed", None)
 
     def kill(self) -> None:
         """Stop the trial now (deadline, master exiting); its answer is no longer wanted.
@@ -169,12 +179,12 @@ def _run_trial(master: int, old: Settings, new: Settings, write_fd: int,
         set_process_context(f"reload trial[{os.getpid()}]")
         _forget_worker_code(old, new)
         load_configured(new)
-        answer = OK
+        answer = json.dumps({OK: True, "stamp": stamp(new.namespaces, new.lib).as_json()})
     except (ConfigError, LoadError) as exc:
-        answer = str(exc)
+        answer = json.dumps({"error": str(exc)})
     except BaseException as exc:  # worker code may raise anything, SystemExit included
         cause = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        answer = f"loading the new worker code failed: {cause}"
+        answer = json.dumps({"error": f"loading the new worker code failed: {cause}"})
     try:
         data = answer.encode("utf-8", "replace")[:MAX_ANSWER]
         frame = memoryview(_LENGTH.pack(len(data)) + data)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gearman_driver.console.commands import COMMANDS, handle_line
+from gearman_driver.console.commands import COMMANDS, Reply, handle_line
 from gearman_driver.console.replies import JobRow, format_processes, format_status, iso_utc
 from tests.unit.test_console_support import MemoryController, ProcessRow
 
@@ -203,17 +203,32 @@ def test_changes_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "set_max_processes a 3 -> OK" in caplog.text
 
 
+class Waiting:
+    """A client waiting for a deferred reply, as the console server's connection is."""
+
+    def __init__(self, answers: list[tuple[str, ...]]) -> None:
+        self.answers = answers
+
+    def answer(self, reply: Reply) -> None:
+        self.answers.append(reply.lines)
+
+    def detach(self) -> int | None:
+        return None
+
+
 def test_reload_answers_only_once_the_reload_is_done() -> None:
     ctl = MemoryController()
     reply = handle_line(ctl, b"reload", LOG)
     assert reply is not None and reply.lines == () and reply.later is not None
     answers: list[tuple[str, ...]] = []
-    reply.later(lambda final: answers.append(final.lines))
+    reply.later(Waiting(answers))
     assert answers == [] and len(ctl.reloads) == 1  # asked, not answered yet
     ctl.reloads[0]("/etc/x.yml:3:1: interval: expected a number >= 0,\ngot 'x'")
     assert answers == [("ERR reload_failed: /etc/x.yml:3:1: interval: expected a number >= 0, "
                         "got 'x'",)]
-    handle_line(ctl, b"reload", LOG).later(lambda final: answers.append(final.lines))
+    later = handle_line(ctl, b"reload", LOG).later
+    assert later is not None
+    later(Waiting(answers))
     ctl.reloads[1](None)
     assert answers[1] == ("OK",)
     assert run(ctl, "reload now") == ["ERR invalid_value: usage: reload"]
