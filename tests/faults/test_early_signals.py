@@ -8,9 +8,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.driver_util import DriverProcess
 from tests.faults.workercode import write_module
 from tests.gearmand_util import TestClient, wait_for
+
+pytestmark = pytest.mark.slow
 
 SLOW_IMPORT = """
     import os, time

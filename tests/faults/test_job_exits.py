@@ -13,6 +13,8 @@ from tests.driver_util import DriverProcess
 from tests.faults.workercode import sample, scrape, write_module
 from tests.gearmand_util import TestClient, free_port, wait_for
 
+pytestmark = pytest.mark.slow
+
 EXITING = """
     import sys
     from gearman_driver import Worker, job

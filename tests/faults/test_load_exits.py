@@ -13,6 +13,8 @@ import pytest
 from tests.driver_util import run_cli
 from tests.faults.workercode import write_module
 
+pytestmark = pytest.mark.slow
+
 EX_CONFIG = 78
 
 IMPORT_EXIT = """

@@ -20,6 +20,8 @@ from tests.driver_util import DriverProcess
 from tests.faults.workercode import write_module
 from tests.gearmand_util import TestClient, wait_for
 
+pytestmark = pytest.mark.slow
+
 LOGGING_WORKER = """
     import logging
     import os

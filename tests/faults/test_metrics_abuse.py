@@ -19,6 +19,8 @@ from tests.faults.faultutil import console_config, record_figures
 from tests.faults.workercode import write_module
 from tests.gearmand_util import free_port
 
+pytestmark = pytest.mark.slow
+
 JOB = "m.run"
 
 

@@ -15,10 +15,14 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.driver_util import DriverProcess
 from tests.faults.faultutil import console_config
 from tests.faults.workercode import write_module
 from tests.gearmand_util import JobOutcome, TestClient, running, wait_for
+
+pytestmark = pytest.mark.slow
 
 SLOW = """
     import time

@@ -22,6 +22,8 @@ from tests.driver_util import DriverProcess
 from tests.faults.faultutil import console
 from tests.gearmand_util import free_port, wait_for
 
+pytestmark = pytest.mark.slow
+
 PAIR = {"namespaces": ["tw.pair"]}
 
 

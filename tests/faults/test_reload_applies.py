@@ -12,10 +12,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.driver_util import DriverProcess
 from tests.faults.faultutil import console_config
 from tests.faults.workercode import write_module
 from tests.gearmand_util import TestClient, wait_for
+
+pytestmark = pytest.mark.slow
 
 VERSIONED = """
     from gearman_driver import Worker, job

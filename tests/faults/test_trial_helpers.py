@@ -10,10 +10,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.driver_util import DriverProcess, alive, run_cli
 from tests.faults.faultutil import console_config
 from tests.faults.workercode import write_module
 from tests.gearmand_util import TestClient, wait_for
+
+pytestmark = pytest.mark.slow
 
 FORKING = """
     import os, time
