@@ -30,6 +30,7 @@ from gearman_driver.child.backends import (
 )
 from gearman_driver.child.recycle import Recycler
 from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec, MethodSpec
+from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 from gearman_driver.logs import LEVEL_SIGNAL, follow_level, set_process_context
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import SlotWriter, function_slot
@@ -203,6 +204,7 @@ def run_child(
     close_inherited: Callable[[], None],
     max_rss_mb: float = 0.0,
     max_workload: int = DEFAULT_MAX_PACKET,
+    keepalive: float = DEFAULT_KEEPALIVE,
 ) -> NoReturn:
     """Become a worker process for `spec`; never returns."""
     code = 0
@@ -269,6 +271,7 @@ def run_child(
                          on_disconnected=on_disconnected, wakeup_fd=wakeup_read,
                          on_result_sent=writer.result_sent),
             max_workload=max_workload,
+            keepalive=keepalive,
         )
         # a process a job forks must not keep our gearmand connections open after we exit
         os.register_at_fork(after_in_child=backend.forget_connections)

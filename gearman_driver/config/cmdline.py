@@ -44,6 +44,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("interval", "SECONDS", "seconds between looks at gearmand's queues, 0: no scaling"),
     ("max_idle_time", "SECONDS", "seconds a surplus idle process may live (default: 0)"),
     ("graceful_timeout", "SECONDS", "seconds to finish a job before SIGKILL (default: 30)"),
+    ("keepalive", "SECONDS", "probe gearmand connections after this much silence, 0: off "
+                             "(default: 60)"),
     ("logfile", "PATH", "log file (default: stderr)"),
     ("loglevel", "LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)"),
     ("loglayout", "LAYOUT", "log layout (default: '[%%d] %%p %%m%%n')"),

@@ -12,7 +12,7 @@ from gearman_driver.config.reading import COMMAND_LINE, MergedSource, Origin, So
 from gearman_driver.config.validation import check
 
 _INT_KEYS = frozenset({"console_port", "metrics_port", "max_jobs_per_process", "max_jobs_jitter"})
-_FLOAT_KEYS = frozenset({"interval", "max_idle_time", "graceful_timeout"})
+_FLOAT_KEYS = frozenset({"interval", "max_idle_time", "graceful_timeout", "keepalive"})
 
 
 def coerce_override(key: str, value: Any) -> Any:

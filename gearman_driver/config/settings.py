@@ -25,6 +25,7 @@ from gearman_driver.config.reading import (
     format_path,
 )
 from gearman_driver.config.servers import parse_gearmand_servers, server_string
+from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 from gearman_driver.ports import CONSOLE_PORT
 
 __all__ = [
@@ -51,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "interval": 5,
     "max_idle_time": 0,
     "graceful_timeout": 30,
+    "keepalive": DEFAULT_KEEPALIVE,
     "logfile": None,
     "loglevel": "INFO",
     "loglayout": "[%d] %p %m%n",
@@ -87,6 +89,7 @@ class Settings:
     interval: float
     max_idle_time: float
     graceful_timeout: float
+    keepalive: float
     logfile: str | None
     loglevel: str
     loglayout: str
@@ -151,6 +154,7 @@ def _settings(data: Mapping[str, Any], files: Sequence[str], origins: Any) -> Se
         interval=float(data["interval"]),
         max_idle_time=float(data["max_idle_time"]),
         graceful_timeout=float(data["graceful_timeout"]),
+        keepalive=float(data["keepalive"]),
         logfile=data["logfile"],
         loglevel=_LEVEL_ALIASES.get(level, level),
         loglayout=data["loglayout"],

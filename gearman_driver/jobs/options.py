@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gearman_driver.jobs.table import JobSpec
+from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 
 if TYPE_CHECKING:
     from gearman_driver.config.settings import Settings
@@ -28,6 +29,7 @@ class JobOptions:
     max_rss_mb: float  # 0: never recycled for its size
     max_workload: int  # bytes; a larger workload is refused without being run
     timeout: float | None
+    keepalive: float = DEFAULT_KEEPALIVE  # seconds: probes and connect bound, gearmand connections
 
 
 def effective_options(spec: JobSpec, settings: Settings) -> JobOptions:
@@ -40,4 +42,5 @@ def effective_options(spec: JobSpec, settings: Settings) -> JobOptions:
         max_rss_mb=spec.max_rss_mb if spec.max_rss_mb is not None else settings.max_rss_mb,
         max_workload=settings.max_workload_mb * MIB,
         timeout=spec.timeout,
+        keepalive=settings.keepalive,
     )

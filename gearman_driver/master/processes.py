@@ -187,6 +187,7 @@ class ProcessManager:
                         close_inherited=self._close_inherited,
                         max_rss_mb=start.options.max_rss_mb,
                         max_workload=start.options.max_workload,
+                        keepalive=start.options.keepalive,
                     )
                 pids.append(pid)
         except OSError as exc:

@@ -25,6 +25,7 @@ def test_perl_style_flags() -> None:
             "--console_port", "0", "--console_host", "0.0.0.0", "--console_socket", "/run/c.sock",
             "--metrics_port", "9731", "--metrics_host", "::1",
             "--interval", "60", "--max_idle_time", "2.5", "--graceful_timeout", "10",
+            "--keepalive", "1.5",
             "--logfile", "gd.log", "--loglevel", "debug", "--loglayout", "%m%n",
             "--daemonize", "--pidfile", "/run/gd.pid", "--worker_backend", "native",
         ]
@@ -43,6 +44,7 @@ def test_perl_style_flags() -> None:
         "interval": 60,
         "max_idle_time": 2.5,
         "graceful_timeout": 10,
+        "keepalive": 1.5,
         "logfile": "gd.log",
         "loglevel": "debug",
         "loglayout": "%m%n",

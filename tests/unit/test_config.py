@@ -53,6 +53,7 @@ def test_no_files_gives_the_defaults() -> None:
     assert s.server == (("localhost", 4730),) and s.server_string == "localhost:4730"
     assert (s.console_port, s.console_host, s.console_socket) == (47300, "127.0.0.1", None)
     assert (s.interval, s.max_idle_time, s.graceful_timeout) == (5, 0, 30)
+    assert s.keepalive == 60
     assert (s.logfile, s.loglevel, s.loglayout) == (None, "INFO", "[%d] %p %m%n")
     assert (s.daemonize, s.pidfile, s.unknown_job_callback) == (False, None, None)
     assert (s.worker_backend, s.max_jobs_per_process, s.max_jobs_jitter) == ("native", 0, 0)
@@ -163,6 +164,9 @@ def test_first_mistake_in_the_document_is_reported(tmp_path: Path) -> None:
         ("console_port: 70000\n", "1:15: console_port", "expected an integer 0..65535, got 70000"),
         ("console_port: true\n", "1:15: console_port", "expected an integer 0..65535, got true"),
         ("graceful_timeout: 0\n", "1:19: graceful_timeout", "expected a number > 0, got 0"),
+        ("keepalive: -1\n", "1:12: keepalive", "expected a number 0..32767, got -1"),
+        ("keepalive: 1e6\n", "1:12: keepalive", "expected a number 0..32767, got 1000000.0"),
+        ("keepalive: off\n", "1:12: keepalive", "expected a number 0..32767, got 'off'"),
         ("max_idle_time: .nan\n", "1:16: max_idle_time", "expected a number >= 0, got nan"),
         ("interval:\n", "1:1: interval", "expected a number >= 0, got null"),
         ("daemonize: 'yes'\n", "1:12: daemonize", "expected true or false, got 'yes'"),

@@ -15,14 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 
 log = logging.getLogger("gearman_driver.backends.base")
 
 Server = tuple[str, int]
-
-# Per address of a server's name: a black-holed address must not hold up the next one.
-CONNECT_TIMEOUT = 10.0
 
 
 class GearmanJob(abc.ABC):
@@ -106,9 +104,11 @@ class WorkerBackend(abc.ABC):
         *,
         max_backoff: float = 5.0,
         max_workload: int = DEFAULT_MAX_PACKET,
+        keepalive: float = DEFAULT_KEEPALIVE,
     ) -> None:
         self.servers = list(servers)
         self.max_workload = max_workload  # a larger job is failed without being run
+        self.keepalive = keepalive  # seconds; every connection's probes and connect bound
         self.client_id = client_id
         self.functions = dict(functions)
         self.hooks = hooks
@@ -117,6 +117,15 @@ class WorkerBackend(abc.ABC):
         self.runners: dict[bytes, tuple[str, JobRunner]] = {
             name.encode(): (name, runner) for name, runner in self.functions.items()
         }
+
+    @staticmethod
+    def result_lost(server: Server, handle: bytes, function: str | bytes, why: str) -> None:
+        """Log, once per job, a result that never reached its server: gearmand re-queues the
+        job (another worker, or this one once reconnected, runs it again)."""
+        name = function if isinstance(function, str) else function.decode("utf-8", "replace")
+        log.warning("job %s (handle %s) lost to %s:%d: %s before its result was sent; "
+                    "gearmand re-queues it", name, handle.decode("ascii", "replace"),
+                    server[0], server[1], why)
 
     def refuse_oversize(self, handle: bytes, function: bytes, size: int) -> None:
         """Log, once per job, a workload over `max_workload` that is failed unrun."""
@@ -135,6 +144,7 @@ class WorkerBackend(abc.ABC):
     def run(self) -> None:
         """Work until hooks.should_stop() is true; never returns while a job is in hand.
 
-        Reconnects with capped exponential backoff when every server is down, and keeps
-        working with the servers that are up when only some are.
+        Connects to every server without blocking (connecting.py), so a silent server never
+        delays the others; reconnects a lost connection with capped exponential backoff, and
+        keeps working with the servers that are up.
         """

@@ -40,8 +40,11 @@ class NativeBackend(WorkerProtocol):
 
     Hooks: on_registered(server) after the ECHO round trip that follows the CAN_DOs, on every
     (re)connect; on_disconnected(server) only for a connection that had been registered, so
-    the two pair up. A failed connect is logged once at WARNING, then at DEBUG while it lasts.
-    Host names are resolved (blocking) at each connect attempt: prefer IP addresses.
+    the two pair up. A lost connection or a failed connect is logged once per process at INFO,
+    then at DEBUG while it lasts (the master logs the one WARNING for a server that is down;
+    a connection of each of hundreds of processes is not worth one each). Protocol and
+    server errors are logged at ERROR. Host names are resolved (blocking) at each connect
+    attempt: prefer IP addresses.
     """
 
     name = "native"
@@ -59,7 +62,7 @@ class NativeBackend(WorkerProtocol):
         self._conns = [
             ServerConnection(
                 server, sel, max_backoff=self.max_backoff, max_packet=self.max_packet,
-                write_timeout=self.write_timeout,
+                write_timeout=self.write_timeout, keepalive=self.keepalive,
             )
             for server in self.servers
         ]
@@ -92,7 +95,7 @@ class NativeBackend(WorkerProtocol):
                             self._service(conn, mask)
                 for conn in self._conns:
                     if conn.dead is not None:
-                        self._lost(conn, conn.dead, logging.WARNING)
+                        self._lost(conn, conn.dead, logging.INFO)
         finally:
             self._shutdown(sel)
 
@@ -114,7 +117,7 @@ class NativeBackend(WorkerProtocol):
         except ServerError as exc:
             self._lost(conn, f"server error: {exc}", logging.ERROR)
         except OSError as exc:
-            self._lost(conn, str(exc), logging.WARNING)
+            self._lost(conn, str(exc), logging.INFO)
 
     def _connect_due(self, poll_interval: float) -> float:
         """Start the reconnects that are due and move connects that took too long on to the
@@ -163,7 +166,7 @@ class NativeBackend(WorkerProtocol):
         """A connect attempt failed: say so once, then quietly retry with backoff."""
         conn.close()
         conn.dead = None
-        level = logging.WARNING if conn.failures == 0 else logging.DEBUG
+        level = logging.INFO if conn.backoff.failures == 0 else logging.DEBUG
         log.log(level, "cannot connect to %s: %s (retrying with backoff)", conn.label, reason)
         conn.schedule_retry(time.monotonic())
 

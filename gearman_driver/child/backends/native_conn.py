@@ -1,32 +1,26 @@
 """One non-blocking connection to one gearmand, for the native backend.
 
 Kept apart from the event loop (native.py) so the loop reads as the worker's state machine
-and this file holds the socket chores: non-blocking connect to each address of the server's
-name in turn (as ``socket.create_connection`` does: ``localhost`` may be ::1 first while
-gearmand listens on 127.0.0.1 only), buffered writes that never raise
-(a write error marks the connection dead and the loop reaps it), reads through the strict
-parser, and the reconnect schedule with capped, jittered exponential backoff.
+and this file holds the socket chores: the connect (connecting.py's `Connector`, one address
+after the other, never blocking, keepalive set on every socket) and the reconnect schedule
+(`Backoff`), buffered writes that never raise (a write error marks the connection dead and
+the loop reaps it), and reads through the strict parser.
 """
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401  getaddrinfo imports it on first use: before the fork
-import errno
-import os
-import random
 import select
 import selectors
 import socket
 import struct
 import time
-from typing import Any
 
 from gearman_driver.child.backends.base import (
-    CONNECT_TIMEOUT,
     GearmanJob,
     Server,
     payload_bytes,
 )
+from gearman_driver.child.backends.connecting import Backoff, Connector
 from gearman_driver.protocol import (
     HEADER,
     REQ,
@@ -38,17 +32,15 @@ from gearman_driver.protocol import (
 )
 
 # Connection states.
-DOWN = 0  # no socket; waiting for retry_at
+DOWN = 0  # no socket; waiting for backoff.retry_at
 CONNECTING = 1  # non-blocking connect in progress
 REGISTERING = 2  # client id, abilities and ECHO_REQ sent; waiting for ECHO_RES
 READY = 3  # registered and awake: needs a GRAB_JOB_UNIQ
 GRABBING = 4  # GRAB_JOB_UNIQ sent; waiting for JOB_ASSIGN_UNIQ or NO_JOB
 SLEEPING = 5  # PRE_SLEEP sent; waiting for NOOP
 
-INITIAL_BACKOFF = 0.1
 RECV_MIN = 65536
 RECV_MAX = 16 * 1024 * 1024
-_Address = tuple[int, int, int, tuple[Any, ...]]  # family, type, proto, sockaddr
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -58,8 +50,7 @@ class ServerConnection:
 
     __slots__ = (
         "server", "sel", "sock", "parser", "out", "state", "dead", "queued", "token",
-        "retry_at", "delay", "max_backoff", "max_packet", "write_timeout", "failures",
-        "_want_write", "addrs", "addr", "errors", "connect_by", "blocking",
+        "max_packet", "write_timeout", "_want_write", "connector", "backoff", "blocking",
     )
 
     def __init__(
@@ -70,6 +61,7 @@ class ServerConnection:
         max_backoff: float,
         max_packet: int,
         write_timeout: float,
+        keepalive: float,
     ) -> None:
         self.server = server
         self.sel = sel
@@ -80,17 +72,11 @@ class ServerConnection:
         self.dead: str | None = None  # set by a failed write; the loop closes the connection
         self.queued = False  # in the backend's ready queue
         self.token = b""
-        self.retry_at = 0.0
-        self.delay = INITIAL_BACKOFF
-        self.max_backoff = max_backoff
         self.max_packet = max_packet
         self.write_timeout = write_timeout
-        self.failures = 0  # consecutive failed attempts, to log only the first
         self._want_write = False
-        self.addrs: list[_Address] = []  # addresses of this attempt not tried yet
-        self.addr: _Address | None = None  # the one being connected to
-        self.errors: list[tuple[str, str]] = []  # (address, reason) of this attempt
-        self.connect_by = 0.0  # monotonic deadline of the connect in progress
+        self.connector = Connector(server, keepalive)
+        self.backoff = Backoff(max_backoff)
         self.blocking = False  # see block_reads
 
     @property
@@ -102,103 +88,77 @@ class ServerConnection:
         """When the loop must act by itself: retry a connection that is down, or leave an
         address that has not answered for the next one; None when neither applies."""
         if self.state == DOWN:
-            return self.retry_at
+            return self.backoff.retry_at
         if self.state == CONNECTING:
-            return self.connect_by
+            return self.connector.deadline
         return None
 
     def start_connect(self) -> None:
-        """Resolve the name and begin a non-blocking connect to its first address; completion
-        is signalled by writability. OSError when no address could even be tried."""
-        host, port = self.server
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-        self.addrs = [(family, kind, proto, addr) for family, kind, proto, _, addr in infos]
-        self.errors = []
-        self._connect_next()
+        """Begin a non-blocking connect (completion is signalled by writability). OSError
+        when no address could even be tried."""
+        self.state = CONNECTING
+        self.connector.begin()
+        self._adopt()
 
     def finish_connect(self) -> bool:
         """Writable while connecting: True once connected (now reading); False when this
         address failed and the next one is being tried; OSError when every address failed."""
-        assert self.sock is not None
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._next_after(os.strerror(err))
+        self._unregister()
+        try:
+            connected = self.connector.check()
+        finally:
+            self.sock = None
+        if not connected:
+            self._adopt()
             return False
+        self.sock = self.connector.take()
         self.state = REGISTERING
         self._want_write = False
-        self.sel.modify(self.sock, _READ, self)
+        self.sel.register(self.sock, _READ, self)
         return True
 
     def connect_timed_out(self) -> None:
         """The connect in progress passed its deadline: go on with the next address."""
-        self._next_after(f"no answer in {CONNECT_TIMEOUT:g} s")
+        self._unregister()
+        self.sock = None
+        self.connector.timed_out()
+        self._adopt()
 
-    def _next_after(self, reason: str) -> None:
-        if self.addr is not None:
-            self.errors.append((_address_label(self.addr[3]), reason))
-        self._drop_socket()
-        self._connect_next()
+    def _adopt(self) -> None:
+        """Watch the connector's socket (a new address) for the end of its connect."""
+        sock = self.connector.sock
+        assert sock is not None
+        self.sock = sock
+        self.parser = PacketParser(max_size=self.max_packet, drop_oversize_jobs=True)
+        self.out.clear()
+        self.dead = None
+        self._want_write = True
+        self.sel.register(sock, _READ | _WRITE, self)
 
-    def _connect_next(self) -> None:
-        """Begin connecting to the next untried address; when none is left, OSError naming
-        every address and why it failed (the state stays CONNECTING for the caller)."""
-        self.state = CONNECTING
-        while self.addrs:
-            self.addr = family, kind, proto, addr = self.addrs.pop(0)
-            try:
-                sock = socket.socket(family, kind, proto)
-            except OSError as exc:
-                self.errors.append((_address_label(addr), exc.strerror or str(exc)))
-                continue
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                err = sock.connect_ex(addr)
-            except BaseException:
-                sock.close()
-                raise
-            if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
-                sock.close()
-                self.errors.append((_address_label(addr), os.strerror(err)))
-                continue
-            self.sock = sock
-            self.parser = PacketParser(max_size=self.max_packet, drop_oversize_jobs=True)
-            self.out.clear()
-            self.dead = None
-            self._want_write = True
-            self.connect_by = time.monotonic() + CONNECT_TIMEOUT
-            self.sel.register(sock, _READ | _WRITE, self)
-            return
-        self.addr = None
-        if len(self.errors) == 1:
-            raise ConnectionError(self.errors[0][1])
-        raise ConnectionError("; ".join(f"{label}: {why}" for label, why in self.errors)
-                              or "the name has no address")
-
-    def _drop_socket(self) -> None:
+    def _unregister(self) -> None:
         if self.sock is not None:
             try:
                 self.sel.unregister(self.sock)
             except (KeyError, ValueError):
                 pass
-            self.sock.close()
-            self.sock = None
-        self.blocking = False
 
     def close(self) -> bool:
         """Drop the socket; True if it was registered (so on_disconnected pairs with
         on_registered, and a peer that accepts then hangs up is not reported every retry)."""
         was_up = self.state >= READY
-        self._drop_socket()
+        self._unregister()
+        if self.sock is not None and self.sock is not self.connector.sock:
+            self.sock.close()
+        self.sock = None
+        self.connector.close()
+        self.blocking = False
         self.out.clear()
         self.state = DOWN
         return was_up
 
     def schedule_retry(self, now: float) -> None:
-        """Next attempt after the current delay (jittered so many children do not stampede)."""
-        self.retry_at = now + self.delay * random.uniform(0.8, 1.0)
-        self.delay = min(self.delay * 2, self.max_backoff)
-        self.failures += 1
+        """Next attempt after the current backoff step."""
+        self.backoff.failed(now)
 
     def block_reads(self, timeout: float) -> None:
         """Make the socket blocking, with kernel time-outs (SO_RCVTIMEO/SO_SNDTIMEO): a reply
@@ -213,8 +173,7 @@ class ServerConnection:
         self.blocking = True
 
     def registered(self) -> None:
-        self.delay = INITIAL_BACKOFF
-        self.failures = 0
+        self.backoff.reset()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -327,11 +286,6 @@ class ServerConnection:
         if on != self._want_write and self.sock is not None:
             self._want_write = on
             self.sel.modify(self.sock, _READ | _WRITE if on else _READ, self)
-
-
-def _address_label(addr: tuple[Any, ...]) -> str:
-    """``[::1]:4730`` or ``127.0.0.1:4730``, for the log line that lists the failures."""
-    return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
 
 
 def result_header(cmd: int, handle: bytes, size: int) -> bytes:

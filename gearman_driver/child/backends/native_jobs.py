@@ -32,6 +32,7 @@ from gearman_driver.child.backends.native_conn import (
     ServerConnection,
     result_header,
 )
+from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 from gearman_driver.protocol import (
     DEFAULT_MAX_PACKET,
     HEADER,
@@ -84,9 +85,10 @@ class WorkerProtocol(WorkerBackend):
         *,
         max_backoff: float = 5.0,
         max_workload: int = DEFAULT_MAX_PACKET,
+        keepalive: float = DEFAULT_KEEPALIVE,
     ) -> None:
         super().__init__(servers, client_id, functions, hooks, max_backoff=max_backoff,
-                         max_workload=max_workload)
+                         max_workload=max_workload, keepalive=keepalive)
         self.max_packet = self.max_workload + JOB_PREFIX_MAX  # larger jobs are read past
         self.write_timeout = 60.0  # a server that reads nothing for this long is dead
         self.stop_grace = 2.0  # how long a stop waits for the answer to an outstanding grab
@@ -167,14 +169,20 @@ class WorkerProtocol(WorkerBackend):
             log.error("%s assigned unregistered function %r; failing it", conn.label, function)
             self._send_result(conn, handle, JobResult("fail"))
             return
-        self._job_done(conn, handle, entry[1](NativeJob(handle, unique, entry[0], workload, conn)))
+        name = entry[0]
+        self._job_done(conn, handle, name, entry[1](NativeJob(handle, unique, name, workload,
+                                                              conn)))
 
-    def _job_done(self, conn: ServerConnection, handle: bytes, result: JobResult) -> None:
+    def _job_done(self, conn: ServerConnection, handle: bytes, function: str,
+                  result: JobResult) -> None:
         """Send a job's result (with the next grab if we go on), then mark it sent."""
         self._send_result(conn, handle, result)
         if conn.out and conn.dead is None:  # a large result: it is ours until it is out
             conn.flush_blocking(conn.write_timeout)
-        self.hooks.on_result_sent(conn.dead is None and conn.sock is not None)
+        delivered = conn.dead is None and conn.sock is not None
+        if not delivered:
+            self.result_lost(conn.server, handle, function, conn.dead or "connection closed")
+        self.hooks.on_result_sent(delivered)
 
     def _refuse(self, conn: ServerConnection, handle: bytes, function: bytes, size: int) -> None:
         """A job over max_workload: WORK_FAIL without running it; the connection stays."""
@@ -248,7 +256,7 @@ class WorkerProtocol(WorkerBackend):
             except (BlockingIOError, InterruptedError):
                 return  # REPLY_WAIT passed: run() looks at should_stop
             except OSError as exc:
-                self._lost(conn, str(exc), logging.WARNING)
+                self._lost(conn, str(exc), logging.INFO)
                 return
             size = len(data)
             if size <= HEADER_SIZE:
@@ -271,7 +279,7 @@ class WorkerProtocol(WorkerBackend):
                 # (a progress packet of the job may have failed or stalled: nothing may pass it)
                 self._grabbing = None
                 conn.state = READY
-                self._job_done(conn, handle, JobResult(status, result))
+                self._job_done(conn, handle, entry[0], JobResult(status, result))
                 return
             reply = b"".join((_PACK_HEADER(REQ, _WORK_COMPLETE, len(handle) + 1 + len(result)),
                               handle, b"\0", result, _GRAB))
@@ -281,11 +289,14 @@ class WorkerProtocol(WorkerBackend):
                 sent = 0
             except OSError as exc:
                 conn.dead = f"write failed: {exc}"
+                self.result_lost(conn.server, handle, entry[0], conn.dead)
                 result_sent(False)
                 return
             if sent != len(reply):  # gearmand reads slowly: the rest is ours until it is out
                 conn.out += memoryview(reply)[sent:]
                 conn.flush_blocking(conn.write_timeout)
+                if conn.dead is not None:
+                    self.result_lost(conn.server, handle, entry[0], conn.dead)
                 result_sent(conn.dead is None)
                 return
             result_sent(True)

@@ -4,33 +4,41 @@
 - task names are registered as bytes (a str name crashes the worker on the first job);
 - results always reach pygearman as bytes (anything else kills its process);
 - an ECHO round trip after CAN_DO tells us gearmand has registered the functions;
-- `work()` gives up when every server is down: we call it again with a capped backoff;
-- pygearman connects an IPv4 socket to the name, so only its IPv4 addresses are ever tried:
-  our connection class tries every address in turn, as `socket.create_connection` does.
+- pygearman connects with a blocking connect, again for each dead server on every turn of its
+  loop, and only to the name's IPv4 addresses: one silent server stalled registration, jobs
+  and stopping on every other server for 10 s a time. Our connection class connects without
+  blocking instead (connecting.py: every address in turn, keepalive set, backoff between
+  attempts) and hands pygearman the socket once it is connected; until then pygearman sees
+  a server that is not there yet and goes on with the others;
+- `work()` gives up when no server is connected: we wait for a connect in progress, the next
+  retry or a signal, and call it again.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import select
 import socket
 import time
 from typing import Any
 
 import gearman
 from gearman.connection import GearmanConnection
+from gearman.errors import ConnectionError as GearmanConnectionError
 from gearman.errors import ServerUnavailable
 from gearman.protocol import GEARMAN_COMMAND_ECHO_REQ
 from gearman.worker_handler import GearmanWorkerCommandHandler
 
 from gearman_driver.child.backends.base import (
-    CONNECT_TIMEOUT,
     GearmanJob,
     JobResult,
     Server,
     WorkerBackend,
     payload_bytes,
 )
+from gearman_driver.child.backends.connecting import Backoff, Connector
 
 log = logging.getLogger("gearman_driver.backends.pygearman_backend")
 
@@ -69,25 +77,65 @@ class _Handler(GearmanWorkerCommandHandler):
 
 
 class _Connection(GearmanConnection):
-    """Every address of the server's name in turn (IPv6 and IPv4), blocking as pygearman's own
-    connect is, but at most CONNECT_TIMEOUT per address."""
+    """pygearman's connection, connected by our `Connector` (see the module docstring).
+
+    pygearman calls `connect()` for every connection that is down on each turn of its loop
+    (every poll, 0.1 s here); each call advances our attempt by one non-blocking step and
+    raises pygearman's ConnectionError until the socket is connected, which pygearman takes
+    for "not now" and goes on with the other servers."""
+
+    connect_cooldown_seconds = 0.0  # our Backoff spaces the attempts, not pygearman's 1 s
+
+    def __init__(self, server: Server, keepalive: float, max_backoff: float) -> None:
+        super().__init__(host=server[0], port=server[1])
+        self.server = server
+        self.connector = Connector(server, keepalive)
+        self.backoff = Backoff(max_backoff)
 
     def _create_client_socket(self) -> None:
+        now = time.monotonic()
+        connector = self.connector
+        if connector.sock is None and now < self.backoff.retry_at:
+            raise GearmanConnectionError("waiting to reconnect")
         try:
-            sock = socket.create_connection((self.gearman_host, self.gearman_port),
-                                            timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
-            self.throw_exception(exception=exc)
-        self.set_socket(sock)
+            if connector.sock is None:
+                connector.begin()
+            connected = connector.poll(now)
+        except OSError as exc:  # every address failed
+            connector.close()
+            level = logging.INFO if self.backoff.failures == 0 else logging.DEBUG
+            log.log(level, "cannot connect to %s:%d: %s (retrying with backoff)",
+                    self.gearman_host, self.gearman_port, exc)
+            self.backoff.failed(now)
+            raise GearmanConnectionError(str(exc)) from None
+        if not connected:
+            raise GearmanConnectionError("connecting")
+        self.set_socket(connector.take())
+
+    def lost(self, reason: str) -> None:
+        """The connection failed: reconnect after the backoff's next step."""
+        log.info("closing connection to %s:%d: %s", self.gearman_host, self.gearman_port, reason)
+        self.backoff.failed(time.monotonic())
+
+    def close(self) -> None:
+        super().close()
+        self.connector.close()
 
 
 class _Worker(gearman.GearmanWorker):
     command_handler_class = _Handler
     connection_class = _Connection
 
-    def __init__(self, backend: PygearmanBackend, host_list: list[str]) -> None:
-        super().__init__(host_list=host_list)
+    def __init__(self, backend: PygearmanBackend) -> None:
         self.backend = backend
+        super().__init__(host_list=list(backend.servers))
+
+    def add_connection(self, hostport_tuple: Server) -> _Connection:
+        """Our connection for the server (an IPv6 host too: pygearman would split it on ':')."""
+        connection = _Connection(hostport_tuple, self.backend.keepalive,
+                                 self.backend.max_backoff)
+        self.connection_list.append(connection)
+        return connection
 
     def after_poll(self, any_activity: bool) -> bool:
         return not self.backend.hooks.should_stop()
@@ -95,18 +143,23 @@ class _Worker(gearman.GearmanWorker):
     def on_registered(self, handler: _Handler) -> None:
         connection = self.handler_to_connection_map.get(handler)
         if connection is not None:
-            self.backend.hooks.on_registered((connection.gearman_host, connection.gearman_port))
+            connection.backoff.reset()
+            log.info("registered %d functions with %s:%d", len(self.backend.runners),
+                     connection.gearman_host, connection.gearman_port)
+            self.backend.hooks.on_registered(connection.server)
 
     def handle_error(self, current_connection: Any) -> None:
         was_connected = current_connection in self.connection_to_handler_map
+        reason = _socket_error(current_connection.gearman_socket)
         super().handle_error(current_connection)
         if was_connected:
-            server = (current_connection.gearman_host, current_connection.gearman_port)
-            self.backend.hooks.on_disconnected(server)
+            current_connection.lost(reason)
+            self.backend.hooks.on_disconnected(current_connection.server)
 
     def on_job_execute(self, current_job: Any) -> bool:
         result = self.backend.run_job(self, current_job)
         delivered = False
+        connection = current_job.connection
         try:
             if result.status == "complete":
                 self.send_job_complete(current_job, result.data)
@@ -118,9 +171,12 @@ class _Worker(gearman.GearmanWorker):
                 self.wait_until_updates_sent([current_job])
             else:
                 self.send_job_failure(current_job)
-            connection = current_job.connection  # pygearman waits until it is written
+            # pygearman waits until it is written, or raises when the connection failed
             delivered = connection.connected and not connection.writable()
         finally:
+            if not delivered:
+                self.backend.result_lost(connection.server, current_job.handle,
+                                         current_job.task, "the connection failed")
             self.backend.hooks.on_result_sent(delivered)
         return result.status == "complete"
 
@@ -142,11 +198,12 @@ class PygearmanBackend(WorkerBackend):
     def forget_connections(self) -> None:
         if self._worker is not None:
             for connection in self._worker.connection_list:
-                if connection.gearman_socket is not None:
-                    connection.gearman_socket.close()
+                for sock in (connection.gearman_socket, connection.connector.sock):
+                    if sock is not None:
+                        sock.close()
 
     def _make_worker(self) -> _Worker:
-        worker = _Worker(self, [f"{host}:{port}" for host, port in self.servers])
+        worker = _Worker(self)
         worker.set_client_id(self.client_id.encode())
         for name in self.runners:
             worker.register_task(name, None)  # dispatch happens in on_job_execute
@@ -154,39 +211,66 @@ class PygearmanBackend(WorkerBackend):
 
     def run(self) -> None:
         worker = self._worker = self._make_worker()
-        backoff = 0.1
         # pygearman's loop cannot wait on the signal pipe: poll often enough that a stop
-        # request is seen within 0.1 s (an idle wake-up costs microseconds)
+        # request is seen within 0.1 s (an idle wake-up costs microseconds); each turn also
+        # advances the connects in progress
         poll = min(self.hooks.poll_interval, 0.1)
         try:
             while not self.hooks.should_stop():
-                started = time.monotonic()
                 try:
                     worker.work(poll_timeout=poll)
                     return
                 except ServerUnavailable:
-                    pass
+                    pass  # no server connected (now)
                 except OSError as exc:
                     if exc.errno == errno.EBADF:
                         # our descriptors were closed under us (by the job): pygearman cannot
                         # recover; exit, and the master backs off the replacement
                         raise
-                    log.warning("gearman connection error: %s", exc)
-                if time.monotonic() - started > 1.0:
-                    backoff = 0.1  # it had been working: this is a new outage
-                self._sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                    log.info("gearman connection error: %s", exc)
+                self._wait_for_a_server(worker)
         finally:
             worker.shutdown()
 
-    def _sleep(self, seconds: float) -> None:
-        """Back off without missing a stop request for long."""
-        deadline = time.monotonic() + seconds
-        while not self.hooks.should_stop():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
+    def _wait_for_a_server(self, worker: _Worker) -> None:
+        """No server is connected: wait until a connect in progress ends, the next attempt is
+        due or a signal arrives (without a signal pipe, at most poll_interval)."""
+        now = time.monotonic()
+        most = self.max_backoff if self.hooks.wakeup_fd is not None else \
+            self.hooks.poll_interval
+        due = now + most
+        poller = select.poll()
+        if self.hooks.wakeup_fd is not None:
+            poller.register(self.hooks.wakeup_fd, select.POLLIN)
+        for connection in worker.connection_list:
+            connector = connection.connector
+            if connector.sock is not None:
+                poller.register(connector.sock, select.POLLOUT)
+                due = min(due, connector.deadline)
+            else:
+                due = min(due, connection.backoff.retry_at)
+        if due > now:
+            poller.poll((due - now) * 1000)
+        if self.hooks.wakeup_fd is not None:
+            _drain(self.hooks.wakeup_fd)
+
+
+def _socket_error(sock: socket.socket | None) -> str:
+    """Why a connection failed, as the kernel has it (a dead peer: "Connection timed out")."""
+    try:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if sock is not None else 0
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return os.strerror(err) if err else "connection closed"
+
+
+def _drain(fd: int) -> None:
+    """Empty the signal wakeup pipe (the signal itself was handled by its Python handler)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 __all__ = ["PygearmanBackend", "Server"]
