@@ -69,12 +69,18 @@ _FIRST_BOUND = DURATION_BUCKETS[0]  # where most jobs end: no bisect for them
 # buckets (not cumulative), then (complete, failed) per function index of the job.
 _COUNTERS_AT = (_LAYOUT.size + 7) // 8 * 8
 _COUNTERS = struct.Struct(f"=d{_N_BUCKETS + 2 * MAX_FUNCTIONS}Q")  # native: memoryview casts
-_ZERO_COUNTERS = bytes(_COUNTERS.size)
+#: Servers whose reconnects each process counts apart (its first ones, in its server list's
+#: order); a driver with more servers does not count reconnects to the others.
+MAX_SERVERS = 16
+# After the counters: how often the process connected again to server i after losing it.
+_RECONNECTS_AT = _COUNTERS_AT + _COUNTERS.size
+_RECONNECTS = struct.Struct(f"={MAX_SERVERS}I")
+_ZERO_COUNTERS = bytes(_COUNTERS.size + _RECONNECTS.size)
 _COUNTER_COUNT = 1 + _N_BUCKETS + 2 * MAX_FUNCTIONS
 _OUTCOME_AT = tuple(_N_BUCKETS + 2 * f for f in range(MAX_FUNCTIONS))
 _STATE_AT = _OFFSET["state"]
 _BUSY, _IDLE, _LOST = int(State.BUSY), int(State.IDLE), int(State.LOST)
-_SLOT_SIZE = (_COUNTERS_AT + _COUNTERS.size + 63) // 64 * 64
+_SLOT_SIZE = (_RECONNECTS_AT + _RECONNECTS.size + 63) // 64 * 64
 
 
 def function_slot(index: int) -> int:
@@ -169,6 +175,18 @@ class Scoreboard:
                 break
         return values
 
+    def reconnects(self, slot: int) -> tuple[int, ...]:
+        """How often the slot's process connected again to each of its servers (by index in
+        its server list, the first MAX_SERVERS) after losing the connection."""
+        offset = slot * _SLOT_SIZE
+        mem = self._mem
+        for _ in range(1000):
+            seq = _HEAD.unpack_from(mem, offset)[0]
+            values: tuple[int, ...] = _RECONNECTS.unpack_from(mem, offset + _RECONNECTS_AT)
+            if seq % 2 == 0 and _HEAD.unpack_from(mem, offset)[0] == seq:
+                break
+        return values
+
     def busy(self, slot: int) -> bool:
         """Whether a slot's process is running a job (one byte: no torn read possible)."""
         return _STATE.unpack_from(self._mem, slot * _SLOT_SIZE + _STATE_AT)[0] == State.BUSY
@@ -206,7 +224,7 @@ class Scoreboard:
         )
         if state in (State.FREE, State.STARTING):  # a new or reused slot counts from zero
             start = offset + _COUNTERS_AT
-            self._mem[start:start + _COUNTERS.size] = _ZERO_COUNTERS
+            self._mem[start:start + len(_ZERO_COUNTERS)] = _ZERO_COUNTERS
         _HEAD.pack_into(self._mem, offset, (seq + 1) & 0xFFFFFFFF)
 
 
@@ -234,6 +252,8 @@ class SlotWriter:
         area = whole[start:start + _COUNTERS.size]
         self._sum_view = area[:8].cast("d")
         self._count_view = area[8:].cast("Q")  # buckets, then outcomes
+        start = base + _RECONNECTS_AT
+        self._reconnect_view = whole[start:start + _RECONNECTS.size].cast("I")
 
     def _begin(self) -> int:
         self._seq_v[0] = self._seq + 1  # odd: a reader retries until the write is over
@@ -247,6 +267,13 @@ class SlotWriter:
         struct.pack_into("=i", self._mem, base + _OFFSET["pid"], pid)
         self._mem[self._state_at] = State.IDLE
         self._end()
+
+    def reconnected(self, server: int) -> None:
+        """Connected (and registered) again to the process's server `server` (its index)."""
+        if server < MAX_SERVERS:
+            self._begin()
+            self._reconnect_view[server] += 1
+            self._end()
 
     def set_registered(self, count: int) -> None:
         base = self._begin()

@@ -252,8 +252,13 @@ def run_child(
         after_job = recycle if recycler.active else None
 
         registered: set[tuple[str, int]] = set()
+        ever_registered: set[tuple[str, int]] = set()
+        server_index = {server: index for index, server in enumerate(servers)}
 
         def on_registered(server: tuple[str, int]) -> None:
+            if server in ever_registered:  # connected again after losing it: counted
+                writer.reconnected(server_index[server])
+            ever_registered.add(server)
             registered.add(server)
             writer.set_registered(len(registered))
 

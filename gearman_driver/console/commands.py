@@ -17,7 +17,9 @@ from typing import Protocol
 from gearman_driver.console.replies import (
     JobRow,
     ProcessRow,
+    ServerRow,
     format_processes,
+    format_servers,
     format_show,
     format_status,
     printable_line,
@@ -45,6 +47,8 @@ class Controller(Protocol):
     def job_rows(self) -> Sequence[JobRow]: ...
 
     def process_rows(self, job: str) -> Sequence[ProcessRow]: ...
+
+    def server_rows(self) -> Sequence[ServerRow]: ...
 
     def has_job(self, job: str) -> bool: ...
 
@@ -190,6 +194,14 @@ def cmd_ps(ctl: Controller, args: list[str]) -> Reply:
     return Reply(tuple(format_processes(ctl.process_rows(row.name))))
 
 
+def cmd_servers(ctl: Controller, args: list[str]) -> Reply:
+    """gearman-driver's own: each configured gearmand, up, down or unknown (not polled yet),
+    and how many of our processes it lists as connected (a server that answers while our
+    workers on it are stranded shows 0)."""
+    _args("servers", args, 0)
+    return Reply(tuple(format_servers(ctl.server_rows())))
+
+
 def cmd_set_min_processes(ctl: Controller, args: list[str]) -> Reply:
     name, value = _args("set_min_processes", args, 2)
     row = _job_row(ctl, name)
@@ -271,6 +283,7 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "status": (cmd_status, "status", "every job: name min max processes last_run last_error msg"),
     "show": (cmd_show, "show <job>", "a job's status line, then its pids one per line"),
     "ps": (cmd_ps, "ps <job>", "a job's processes: pid state jobs_done idle_secs"),
+    "servers": (cmd_servers, "servers", "each gearmand: host:port up|down|unknown processes"),
     "set_min_processes": (
         cmd_set_min_processes, "set_min_processes <job> <n>", "set a job's minimum processes"
     ),

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from gearman_driver.console.replies import JobRow, ProcessRow
+from gearman_driver.console.replies import JobRow, ProcessRow, ServerRow
 from gearman_driver.jobs.table import JobTable, Process
 from gearman_driver.scoreboard import Scoreboard, State
 
@@ -26,12 +26,14 @@ class DriverControl:
     def __init__(self, jobs: JobTable, scoreboard: Scoreboard, *,
                  stop: Callable[[Process, str], None], shutdown: Callable[[], None],
                  request_reload: Callable[[ReloadDone], None],
+                 servers: Callable[[], Sequence[ServerRow]] = tuple,
                  clock: Callable[[], float] = time.time) -> None:
         self.jobs = jobs
         self.scoreboard = scoreboard
         self._stop = stop
         self._shutdown = shutdown
         self._request_reload = request_reload
+        self._servers = servers  # the master's view of each gearmand (its observer)
         self._clock = clock  # wall clock: idle times are shown against the slots' epochs
 
     def job_rows(self) -> Sequence[JobRow]:
@@ -57,6 +59,9 @@ class DriverControl:
                 else max(0.0, now - view.last_job_end)
             rows.append(ProcessRow(pid, view.state == State.BUSY, view.jobs_done, idle_for))
         return rows
+
+    def server_rows(self) -> Sequence[ServerRow]:
+        return self._servers()
 
     def has_job(self, job: str) -> bool:
         return job in self.jobs

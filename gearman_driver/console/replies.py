@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["JobRow", "ProcessRow", "format_processes", "format_show", "format_status",
-           "iso_utc", "printable_line"]
+__all__ = ["JobRow", "ProcessRow", "ServerRow", "format_processes", "format_servers",
+           "format_show", "format_status", "iso_utc", "printable_line"]
 
 NEVER = "1970-01-01T00:00:00"
 
@@ -35,6 +35,16 @@ class ProcessRow:
     busy: bool
     jobs_done: int
     idle_for: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """One configured gearmand: ``HOST:PORT``, ``up``/``down``/``unknown``, and how many of
+    this driver's worker processes it listed as connected at its last answer."""
+
+    server: str
+    state: str
+    processes: int
 
 
 def printable_line(text: str) -> str:
@@ -107,3 +117,14 @@ def format_processes(rows: Sequence[ProcessRow]) -> list[str]:
                    c[2].rjust(widths[2]), c[3].rjust(widths[3])]).rstrip()
         for c in cells
     ]
+
+
+def format_servers(rows: Sequence[ServerRow]) -> list[str]:
+    """``servers``: one line per configured server, in the configured order: the server,
+    its state, this driver's processes connected to it; columns padded two spaces apart
+    (split on white space to read them)."""
+    cells = [[printable_line(r.server), r.state, str(r.processes)] for r in rows]
+    if not cells:
+        return []
+    widths = [max(len(c[i]) for c in cells) for i in range(2)]
+    return [f"{c[0].ljust(widths[0])}  {c[1].ljust(widths[1])}  {c[2]}" for c in cells]

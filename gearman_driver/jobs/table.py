@@ -77,6 +77,7 @@ class Process:
     cause: str = ""  # why the master first asked it to go (stop_reason may change on a kill)
     max_jobs: int = 0  # it exits by itself after this many jobs (0: never)
     max_rss_mb: float = 0.0  # ... or after a job that left it larger than this (0: never)
+    servers: tuple[tuple[str, int], ...] = ()  # the servers it was started with, in order
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from gearman_driver.config.settings import Settings
 from gearman_driver.jobs.table import USER_CODE_ERRORS, Job, JobTable, Process
-from gearman_driver.master.observer import Observer, Snapshot, driver_peers
+from gearman_driver.master.observer import Observer, ServerSeen, Snapshot, driver_peers
 from gearman_driver.master.processes import StartRequest
 from gearman_driver.master.scaling import JobFigures, ProcessFigures, decide
 from gearman_driver.scoreboard import SlotView, State
@@ -77,12 +77,22 @@ class Autoscaler:
     def snapshot(self) -> Snapshot | None:
         return self.observer.snapshot if self.observer is not None else None
 
+    def servers_seen(self) -> list[ServerSeen]:
+        """Each configured server's state and our processes on it (console `servers`,
+        metrics, STATUS); all `unknown` while nothing polls (interval 0)."""
+        if self.observer is None:
+            return [ServerSeen(server, "unknown", 0) for server in self.settings.server]
+        seen: list[ServerSeen] = self.observer.seen(self.driver_id)
+        return seen
+
     def configure(self, settings: Settings) -> None:
         """New settings after a reload: a new observer when the servers or the interval
-        changed; max_idle_time applies from the next decision."""
+        changed; max_idle_time and keepalive apply from the next decision and poll."""
         old, self.settings = self.settings, settings
         if (old.server, old.interval) != (settings.server, settings.interval):
             self._open_observer()
+        elif self.observer is not None:
+            self.observer.keepalive = settings.keepalive
 
     def _open_observer(self) -> None:
         """(Re)create the observer for the servers; interval 0 turns scaling off."""
@@ -92,7 +102,7 @@ class Autoscaler:
             self.observer = self._make_observer(
                 settings.server, self.selector,
                 timeout=max(1.0, min(5.0, settings.interval * 2)),
-                on_snapshot=self._on_snapshot)
+                keepalive=settings.keepalive, on_snapshot=self._on_snapshot)
         self._next_poll = 0.0
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ from gearman_driver.logs import LEVEL_SIGNAL, reopen_logfile
 from gearman_driver.master import early_signals
 from gearman_driver.master.autoscaler import Autoscaler
 from gearman_driver.master.endpoints import Endpoints
+from gearman_driver.master.observer import servers_summary
 from gearman_driver.master.processes import ProcessManager
 from gearman_driver.master.readiness import Readiness
 from gearman_driver.master.reexec import Accepted, Handover
@@ -40,6 +41,7 @@ from gearman_driver.version import __version__
 
 if TYPE_CHECKING:
     from gearman_driver.console.control import DriverControl
+    from gearman_driver.console.replies import ServerRow
     from gearman_driver.master.looplag import LoopLag
     from gearman_driver.master.metrics import MetricsSource
     from gearman_driver.master.pidfile import PidFile
@@ -253,7 +255,15 @@ class Driver:
 
         assert self.scoreboard is not None and self.processes is not None
         return DriverControl(self.jobs, self.scoreboard, stop=self.processes.stop,
-                             shutdown=self.shutdown, request_reload=self.request_reload)
+                             shutdown=self.shutdown, request_reload=self.request_reload,
+                             servers=self._server_rows)
+
+    def _server_rows(self) -> list[ServerRow]:
+        from gearman_driver.console.replies import ServerRow
+
+        assert self.autoscaler is not None
+        return [ServerRow(s.label, s.state, s.processes)
+                for s in self.autoscaler.servers_seen()]
 
     def _metrics_source(self, loop_lag: LoopLag) -> MetricsSource:
         """What a scrape reads: the job table, the scoreboard, the last snapshot, counters."""
@@ -263,7 +273,9 @@ class Driver:
             jobs=self.jobs, scoreboard=lambda: self.scoreboard,
             snapshot=lambda: self.autoscaler.snapshot if self.autoscaler else None,
             backend=lambda: self.settings.worker_backend, reloads=self.reloads,
-            loop_lag=lambda: loop_lag.value(time.monotonic()))
+            loop_lag=lambda: loop_lag.value(time.monotonic()),
+            servers=lambda: self.autoscaler.servers_seen() if self.autoscaler else [],
+            reconnects=lambda: self.processes.reconnects() if self.processes else {})
 
     def follow_settings(self, old: Settings) -> None:
         """After a reload: a new server list or interval, and the log level in every worker
@@ -434,13 +446,8 @@ class Driver:
         processes = list(self.jobs.processes())
         busy = sum(1 for p in processes if self.scoreboard.busy(p.slot))
         text = f"{len(processes)} processes ({busy} busy) in {len(self.jobs)} jobs"
-        snap = self.autoscaler.snapshot if self.autoscaler is not None else None
-        if snap is not None:
-            total = len(snap.servers_up) + len(snap.servers_down)
-            text += f"; gearmand {len(snap.servers_up)}/{total} up"
-            if snap.servers_down:
-                text += " (down: " + ", ".join(f"{h}:{p}" for h, p in snap.servers_down) + ")"
-        return text
+        servers = servers_summary(self.autoscaler.servers_seen() if self.autoscaler else [])
+        return f"{text}; {servers}" if servers else text
 
 
 def _noop_handler(signum: int, frame: object) -> None:

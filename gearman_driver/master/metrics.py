@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from gearman_driver.child.recycle import StatmReader
 from gearman_driver.jobs.table import Job, JobSpec
 from gearman_driver.master.metrics_http import MetricsServer
-from gearman_driver.master.observer import Snapshot
+from gearman_driver.master.observer import Server, ServerSeen, Snapshot, server_label
 from gearman_driver.master.processes import RECYCLED_FOR
 from gearman_driver.scoreboard import DURATION_BUCKETS, MAX_FUNCTIONS, Counters, Scoreboard
 from gearman_driver.version import __version__
@@ -60,6 +60,8 @@ class MetricsSource:
     backend: Callable[[], str]
     reloads: Mapping[str, int]  # "ok"/"failed" -> count
     loop_lag: Callable[[], float]
+    servers: Callable[[], Sequence[ServerSeen]] = tuple  # each gearmand as last polled
+    reconnects: Callable[[], Mapping[Server, int]] = dict  # by worker processes, per server
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ class DriverCollector(Collector):
         board = source.scoreboard()
         yield from self._jobs(source.jobs, board)
         yield from self._gearmand(source.snapshot())
+        yield from self._servers(source.servers(), source.reconnects())
         reloads = CounterMetricFamily("gearman_driver_reloads_total",
                                       "Reloads (SIGHUP, reload command) by result: ok, or "
                                       "failed (refused)", labels=["result"])
@@ -196,19 +199,37 @@ class DriverCollector(Collector):
         waiting = GaugeMetricFamily("gearman_driver_gearmand_jobs_waiting",
                                     "Jobs queued in gearmand and not yet running, summed over "
                                     "the servers that answered", labels=["function"])
-        up = GaugeMetricFamily("gearman_driver_gearmand_up",
-                               "Whether the server answered the last poll", labels=["server"])
         age = GaugeMetricFamily("gearman_driver_gearmand_scrape_age_seconds",
                                 "Seconds since the last poll of gearmand began")
         if snapshot is not None:
             for name in sorted(snapshot.functions):
                 waiting.add_metric([name], snapshot.functions[name].waiting)
-            for servers, value in ((snapshot.servers_up, 1), (snapshot.servers_down, 0)):
-                for host, port in servers:
-                    up.add_metric([f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
-                                  value)
             age.add_metric([], max(0.0, time.monotonic() - snapshot.taken_at))
-        yield from (waiting, up, age)
+        yield from (waiting, age)
+
+    @staticmethod
+    def _servers(seen: Sequence[ServerSeen], reconnects: Mapping[Server, int]
+                 ) -> Iterator[Metric]:
+        """Each gearmand: up, our processes on it, our processes' reconnects to it."""
+        up = GaugeMetricFamily("gearman_driver_gearmand_up",
+                               "Whether the server answered the last poll", labels=["server"])
+        connected = GaugeMetricFamily("gearman_driver_gearmand_workers_connected",
+                                      "This driver's worker processes the server listed as "
+                                      "connected at the last poll it answered",
+                                      labels=["server"])
+        again = CounterMetricFamily("gearman_driver_gearmand_reconnects",
+                                    "Times a worker process connected to the server again "
+                                    "after losing its connection", labels=["server"])
+        for server in seen:
+            if server.state == "unknown":
+                continue
+            up.add_metric([server.label], server.state == "up")
+            if server.state == "up":
+                connected.add_metric([server.label], server.processes)
+        counted = dict.fromkeys((s.server for s in seen), 0) | dict(reconnects)
+        for address, count in counted.items():
+            again.add_metric([server_label(address)], count)
+        yield from (up, connected, again)
 
 
 class ProcessMemory:

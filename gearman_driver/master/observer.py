@@ -1,12 +1,20 @@
-"""A small non-blocking gearmand admin client: `status` and `workers`, for the scaling rule.
+"""A small non-blocking gearmand admin client: `status` and `workers`, for the scaling rule
+and for what the operator sees of each server (console `servers`, metrics, STATUS).
 
 Ours rather than pygearman's, whose admin client desynchronises after some replies and
 blocks. Each poll opens a fresh connection to every server in parallel, sends
 ``status\\nworkers\\n``, reads both replies (each ends with a line ``.``) and closes:
 a fresh connection can never be out of step with the server, and one connect per
-poll interval costs nothing. Every socket is non-blocking and registered with the master's
-selector; `tick` enforces a per-server deadline, so a hung gearmand (SIGSTOPped, a black-holed
-host) counts as down after `timeout` while the master keeps turning.
+poll interval costs nothing. Every socket is non-blocking, has the `keepalive` options and is
+registered with the master's selector; `tick` enforces a per-server deadline, so a hung
+gearmand (SIGSTOPped, a black-holed host) counts as down after `timeout` while the master
+keeps turning.
+
+A server that is down never holds up the figures of the others: a poll (a *round*) is
+complete once every server that was not down when it began has answered or timed out. A down
+server's part of it goes on in the background until it answers or times out; it rejoins the
+rounds once it answered (logged: back up). So a silent server costs the scaling rule one
+`timeout` when it goes silent, and nothing after that; its figures are never in a snapshot.
 
 Host names are resolved with a blocking `getaddrinfo` — at the first poll and, for a server
 that is down, again at most every `RESOLVE_EVERY` seconds — so prefer IP addresses or names
@@ -16,6 +24,7 @@ from /etc/hosts. Every address of a name is tried in turn within the same deadli
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import selectors
@@ -23,17 +32,23 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+from gearman_driver.keepalive import DEFAULT_KEEPALIVE, set_keepalive
 
 __all__ = [
     "FunctionStatus",
     "Observer",
     "Server",
+    "ServerSeen",
     "Snapshot",
     "WorkerEntry",
     "driver_peers",
+    "our_processes",
     "parse_status",
     "parse_workers",
+    "server_label",
+    "servers_summary",
 ]
 
 Server = tuple[str, int]
@@ -130,6 +145,55 @@ def parse_workers(lines: Iterable[str], server: Server = ("", 0)) -> list[Worker
     return result
 
 
+def server_label(server: Server) -> str:
+    """``HOST:PORT`` as the server is configured (an IPv6 host in brackets)."""
+    host, port = server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+State = Literal["up", "down", "unknown"]
+
+
+class ServerSeen(NamedTuple):
+    """One configured server as the operator sees it: `up` (answered its last poll), `down`
+    (did not) or `unknown` (not polled yet), and how many of this driver's worker processes
+    its last answer listed as connected (0 unless up)."""
+
+    server: Server
+    state: State
+    processes: int
+    reason: str = ""  # why it is down
+
+    @property
+    def label(self) -> str:
+        return server_label(self.server)
+
+
+def servers_summary(seen: Sequence[ServerSeen]) -> str:
+    """STATUS's part about gearmand: ``gearmand 1/2 up (down: HOST:PORT)``, naming every
+    server that is down; empty before any server was polled."""
+    if all(s.state == "unknown" for s in seen):
+        return ""
+    text = f"gearmand {sum(s.state == 'up' for s in seen)}/{len(seen)} up"
+    down = [s.label for s in seen if s.state == "down"]
+    return text + (f" (down: {', '.join(down)})" if down else "")
+
+
+def our_processes(workers: Iterable[WorkerEntry], driver_id: str) -> int:
+    """This driver's worker processes among `workers` (one server's `workers` lines).
+
+    `driver_id` is ``<host>:<master pid>``; our client ids are ``<host>:<pid>:<master
+    pid>:<job>``. Processes, not connections: after a partition gearmand may list a dead
+    connection of a process beside its new one until it notices."""
+    host, _, master = driver_id.rpartition(":")
+    pids = set()
+    for w in workers:
+        parts = w.client_id.split(":", 3)
+        if len(parts) == 4 and parts[0] == host and parts[2] == master:
+            pids.add(parts[1])
+    return len(pids)
+
+
 def driver_peers(snapshot: Snapshot, function_names: Iterable[str]) -> set[str]:
     """Driver ids ``<host>:<master pid>`` with a worker registered for any of the functions.
 
@@ -147,11 +211,25 @@ def driver_peers(snapshot: Snapshot, function_names: Iterable[str]) -> set[str]:
     return peers
 
 
+class _Last(NamedTuple):
+    """A server's last answer: up or not (and why), the `workers` lines it listed."""
+
+    up: bool
+    reason: str
+    workers: tuple[WorkerEntry, ...]
+    serial: int = 0  # of the _Poll it came from
+
+
+_NOT_YET = _Last(True, "not polled yet", ())
+_SERIALS = itertools.count(1)
+
+
 class _Poll:
     """One server's part of a poll: connect, send, read two replies. Never blocks."""
 
     def __init__(self, server: Server, deadline: float) -> None:
         self.server = server
+        self.serial = next(_SERIALS)
         self.deadline = deadline
         self.sock: socket.socket | None = None
         self.stage = "connecting"
@@ -205,6 +283,7 @@ class Observer:
         selector: selectors.BaseSelector,
         *,
         timeout: float = 2.0,
+        keepalive: float = DEFAULT_KEEPALIVE,
         log: logging.Logger | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None,
     ) -> None:
@@ -213,42 +292,73 @@ class Observer:
             raise ValueError("Observer needs at least one server")
         self.selector = selector
         self.timeout = timeout
+        self.keepalive = keepalive  # the master's connections are probed too
         self.log = log or logging.getLogger("gearman_driver.observer")
         self.on_snapshot = on_snapshot
         self.snapshot: Snapshot | None = None
-        self._polls: list[_Poll] = []
+        self._polls: list[_Poll] = []  # the round in progress
+        self._awaited: set[Server] = set()  # its servers that were not down when it began
+        self._background: dict[Server, _Poll] = {}  # down servers still being tried
         self._started = 0.0
-        self._up: dict[Server, bool] = {}
+        self._last: dict[Server, _Last] = {}
         self._addrs: dict[Server, tuple[float, list[_Addr]]] = {}
 
     @property
     def in_flight(self) -> bool:
+        """A round is in progress (down servers tried in the background do not count)."""
         return bool(self._polls)
+
+    def seen(self, driver_id: str) -> list[ServerSeen]:
+        """Every configured server's state after its last poll, in the configured order."""
+        result = []
+        for server in self.servers:
+            last = self._last.get(server)
+            if last is None:
+                result.append(ServerSeen(server, "unknown", 0))
+            elif last.up:
+                result.append(ServerSeen(server, "up", our_processes(last.workers, driver_id)))
+            else:
+                result.append(ServerSeen(server, "down", 0, last.reason))
+        return result
+
+    def _is_up(self, server: Server) -> bool:
+        """Up, or not polled yet (a round waits for it)."""
+        last = self._last.get(server)
+        return last is None or last.up
+
+    def _reason(self, server: Server) -> str:
+        last = self._last.get(server)
+        return last.reason if last is not None else "not polled yet"
 
     # -- the poll ------------------------------------------------------------------------
 
     def start_poll(self, now: float) -> bool:
-        """Begin polling every server; False if the previous poll has not finished."""
+        """Begin a round: poll every server (but one still tried in the background); False
+        if the previous round has not finished."""
         if self._polls:
             return False
         self._started = now
-        self._polls = [_Poll(server, now + self.timeout) for server in self.servers]
+        self._polls = [_Poll(server, now + self.timeout) for server in self.servers
+                       if server not in self._background]
+        self._awaited = {poll.server for poll in self._polls if self._is_up(poll.server)}
         for poll in self._polls:
             self._connect(poll, now)
         return True
 
     def tick(self, now: float) -> None:
-        """Fail servers past their deadline; complete the poll once every server is done."""
-        for poll in self._polls:
+        """Fail servers past their deadline; complete the round once every awaited server
+        is done."""
+        for poll in [*self._polls, *self._background.values()]:
             if not poll.done and now >= poll.deadline:
                 self._fail(poll, f"no answer within {self.timeout:g} s ({poll.stage})")
         self._maybe_complete()
 
     def close(self) -> None:
-        """Abandon any poll in flight: unregister and close its sockets."""
-        for poll in self._polls:
+        """Abandon every poll in flight: unregister and close its sockets."""
+        for poll in [*self._polls, *self._background.values()]:
             self._release(poll)
         self._polls = []
+        self._background = {}
 
     def close_in_child(self) -> None:
         """Close our sockets after fork without touching the selector.
@@ -256,11 +366,12 @@ class Observer:
         The child shares the master's epoll instance; unregistering there would remove the
         master's registrations.
         """
-        for poll in self._polls:
+        for poll in [*self._polls, *self._background.values()]:
             if poll.sock is not None:
                 poll.sock.close()
                 poll.sock = None
         self._polls = []
+        self._background = {}
 
     # -- per-server steps ----------------------------------------------------------------
 
@@ -270,7 +381,7 @@ class Observer:
         if cached is not None:
             when, addrs = cached
             fresh = now - when < RESOLVE_EVERY
-            if addrs and (fresh or self._up.get(server, True)):
+            if addrs and (fresh or self._is_up(server)):
                 return addrs
             if not addrs and fresh:
                 raise OSError(f"cannot resolve {server[0]!r}")
@@ -303,6 +414,7 @@ class Observer:
                 reason = str(exc)
                 continue
             sock.setblocking(False)
+            set_keepalive(sock, self.keepalive)
             err = sock.connect_ex(addr)
             if err in (0, errno.EINPROGRESS, errno.EAGAIN):
                 poll.sock = sock
@@ -366,24 +478,39 @@ class Observer:
     # -- completion ----------------------------------------------------------------------
 
     def _maybe_complete(self) -> None:
-        if not self._polls or not all(p.done for p in self._polls):
+        """Note every poll that ended; once every awaited server of the round is done, the
+        snapshot (its unfinished polls of down servers go on in the background)."""
+        for server, poll in list(self._background.items()):
+            if poll.done:
+                del self._background[server]
+                self._note(poll)
+                if self._polls:  # it answered (or gave up) during this round: part of it
+                    self._polls.append(poll)
+        if not self._polls or not all(p.done for p in self._polls if p.server in self._awaited):
             return
         polls, self._polls = self._polls, []
         up: list[_Poll] = []
         down: dict[Server, str] = {}
         for poll in polls:
+            if not poll.done:
+                self._background[poll.server] = poll
+                down[poll.server] = self._reason(poll.server)
+                continue
             if poll.error is None:
                 up.append(poll)
             else:
                 down[poll.server] = poll.error
-            self._note(poll.server, poll.error)
+            if self._last.get(poll.server, _NOT_YET).serial != poll.serial:
+                self._note(poll)
+        for server in self._background.keys() - down.keys():  # tried since an earlier round
+            down[server] = self._reason(server)
         # parse_status sums a function that appears more than once: the sum across servers.
         functions = parse_status(line for poll in up for line in poll.replies[0])
-        workers = [w for poll in up for w in parse_workers(poll.replies[1], poll.server)]
+        workers = [w for poll in up for w in self._last[poll.server].workers]
         self.snapshot = Snapshot(
             taken_at=self._started,
             servers_up=tuple(poll.server for poll in up),
-            servers_down=tuple(down),
+            servers_down=tuple(server for server in self.servers if server in down),
             functions=MappingProxyType(functions),
             workers=tuple(workers),
             down_reasons=MappingProxyType(down),
@@ -391,13 +518,16 @@ class Observer:
         if self.on_snapshot is not None:
             self.on_snapshot(self.snapshot)
 
-    def _note(self, server: Server, error: str | None) -> None:
-        """Log state transitions only, so a server down for hours logs one line, not thousands."""
+    def _note(self, poll: _Poll) -> None:
+        """Keep what the server said; log state transitions only, so a server down for hours
+        logs one line, not thousands."""
+        server, error = poll.server, poll.error
         is_up = error is None
-        was = self._up.get(server)
-        self._up[server] = is_up
-        name = f"{server[0]}:{server[1]}"
-        if not is_up and was is not False:
+        last = self._last.get(server)
+        workers = tuple(parse_workers(poll.replies[1], server)) if is_up else ()
+        self._last[server] = _Last(is_up, error or "", workers, poll.serial)
+        name = server_label(server)
+        if not is_up and (last is None or last.up):
             self.log.warning("gearmand %s is down: %s", name, error)
-        elif is_up and was is False:
+        elif is_up and last is not None and not last.up:
             self.log.info("gearmand %s is back up", name)

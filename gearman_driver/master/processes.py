@@ -31,6 +31,8 @@ from gearman_driver.scoreboard import Scoreboard, SlotView, SlotWriter, State
 
 log = logging.getLogger("gearman_driver.processes")
 
+Server = tuple[str, int]
+
 FAILED_START_WINDOW = 5.0
 BACKOFF_BASE = 1.0
 POISON_BACKOFF_BASE = 0.1
@@ -107,6 +109,7 @@ class ProcessManager:
         self.master_pid = os.getpid()
         self.start_failures = 0  # starts in a row that could not fork (or found no slot)
         self._retry_starts_at = 0.0
+        self._reconnects: dict[Server, int] = {}  # by processes that have exited
 
     # -- failed-start accounting (here only) -----------------------------------------------
     @staticmethod
@@ -196,11 +199,13 @@ class ProcessManager:
             if os.getpid() == self.master_pid:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         now = time.monotonic()
+        started_with = tuple(servers)
         for start, pid in zip(planned, pids, strict=False):  # planned: also those not forked
             job = start.job
             self.jobs.add_process(job, Process(pid, start.slot, job.name, now,
                                                max_jobs=start.max_jobs,
-                                               max_rss_mb=start.options.max_rss_mb))
+                                               max_rss_mb=start.options.max_rss_mb,
+                                               servers=started_with))
             job.starts_total += 1
             log.info("started process %d for %s (%s)", pid, job.name, start.reason,
                      extra=about_job(job.name))
@@ -313,10 +318,25 @@ class ProcessManager:
             job, process = found
             view = self.scoreboard.read(process.slot)
             job.counters.add(self.scoreboard.counters(process.slot))
+            self._add_reconnects(self._reconnects, process)
             self.scoreboard.release(process.slot)
             self._fold(job, view)
             self.account_exit(job, process, view, status, now)
         return count
+
+    def reconnects(self) -> dict[Server, int]:
+        """How often worker processes connected again to each server after losing it: those
+        that exited, and the live ones from the scoreboard."""
+        totals = dict(self._reconnects)
+        for process in self.jobs.processes():
+            self._add_reconnects(totals, process)
+        return totals
+
+    def _add_reconnects(self, totals: dict[Server, int], process: Process) -> None:
+        counts = self.scoreboard.reconnects(process.slot)
+        for server, count in zip(process.servers, counts, strict=False):
+            if count:
+                totals[server] = totals.get(server, 0) + count
 
     @staticmethod
     def _fold(job: Job, view: SlotView) -> None:

@@ -2,6 +2,8 @@
 
 - invalid config: nothing changes; the error is logged and shown in STATUS until a good reload;
 - limits, interval, max_idle_time, job timeouts, logging: live, no process restarted;
+- keepalive: for the connections made from now on (new processes, the master's polls), said
+  in the log; running processes keep theirs until replaced;
 - worker_options of a class: new worker objects for that class, a rolling restart of its jobs;
 - server, or a job's max_jobs_per_process / worker_backend / max_rss_mb, or max_workload_mb:
   a rolling restart of those jobs;
@@ -205,6 +207,11 @@ def _apply(driver: ReloadTarget, prepared: _Prepared) -> None:
             driver.pidfile.release()
         driver.pidfile, prepared.pidfile = prepared.pidfile, None
     driver.follow_settings(old)
+    if old.keepalive != new.keepalive:
+        log.info("keepalive changed from %gs to %gs: it applies to connections made from now "
+                 "on (processes started from now on, the master's polls of gearmand); running "
+                 "processes keep %gs until they are replaced", old.keepalive, new.keepalive,
+                 old.keepalive)
     driver.finish_reload(None)
     log.info("configuration reloaded from %s%s", ", ".join(new.config_files) or "no file",
              f"; restarting {', '.join(sorted(restart))}" if restart else "")

@@ -197,6 +197,8 @@ def test_down_server_logged_once_and_back_once(
     assert records(logging.INFO) == []
 
     gearmands(port=down_port)
+    # a server that was down is not waited for: it rejoins a round or two later
+    assert wait_for(lambda: loop.poll().servers_down == (), 5)
     for _ in range(3):
         snap = loop.poll()
         assert snap.servers_down == ()
@@ -243,9 +245,9 @@ def test_stopped_gearmand_times_out(gearmands: Start, cleanup: Cleanup) -> None:
     assert elapsed < timeout + 5  # completed by the deadline, not by gearmand
     assert loop.turns > 3  # the loop kept turning while gearmand hung
 
-    # Once it runs again it answers the next poll.
+    # Once it runs again it answers (a round or two later: a down server is not waited for).
     os.kill(stopped.pid, signal.SIGCONT)
-    assert loop.poll().servers_down == ()
+    assert wait_for(lambda: loop.poll().servers_down == (), 5)
 
 
 def test_close_abandons_poll_in_flight(gearmands: Start) -> None:
@@ -277,3 +279,60 @@ def test_close_in_child_leaves_master_polling(gearmands: Start, cleanup: Cleanup
     assert os.waitstatus_to_exitcode(status) == 0
     loop.run_until(lambda: len(loop.snapshots) > count)
     assert loop.snapshots[-1].servers_up == (("127.0.0.1", port),)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[tuple[str, int]]:
+    """A silent server on loopback: a listener whose accept queue is full drops further SYNs,
+    so a connect to it neither succeeds nor fails (as to a host that vanished)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = [socket.socket() for _ in range(3)]
+    for sock in fillers:
+        sock.setblocking(False)
+        sock.connect_ex(listener.getsockname())
+    yield listener.getsockname()
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+def test_a_silent_server_costs_one_timeout_then_nothing(
+        gearmands: Start, black_hole: tuple[str, int], cleanup: Cleanup) -> None:
+    """Once it is known down, a round completes as soon as the servers that answer did, and
+    the silent one is tried in the background (its figures never count)."""
+    _, live_port = gearmands()
+    live = ("127.0.0.1", live_port)
+    timeout = 5.0
+    loop = Loop([black_hole, live], timeout=timeout)
+    cleanup.append(loop.close)
+    first = loop.poll()  # the first round waits for every server, up to the deadline
+    assert first.servers_down == (black_hole,) and first.servers_up == (live,)
+    for _ in range(3):
+        started = time.monotonic()
+        snap = loop.poll()
+        assert time.monotonic() < started + timeout  # completed before the silent server's deadline
+        assert snap.servers_down == (black_hole,) and snap.servers_up == (live,)
+    assert [seen.state for seen in loop.observer.seen("h:1")] == ["down", "up"]
+
+
+def test_seen_tells_each_servers_state_and_our_processes(gearmands: Start, cleanup: Cleanup
+                                                         ) -> None:
+    _, port_a = gearmands()
+    _, port_b = gearmands()
+    down = ("127.0.0.1", free_port())
+    workers = [RawWorker(port_a, "h:101:10:Job", "fn"), RawWorker(port_a, "h:102:10:Job", "fn"),
+               RawWorker(port_b, "h:101:10:Job", "fn"), RawWorker(port_b, "h:201:20:Job", "fn")]
+    for w in workers:
+        cleanup.append(w.close)
+    loop = Loop([("127.0.0.1", port_a), ("127.0.0.1", port_b), down])
+    cleanup.append(loop.close)
+    assert [s.state for s in loop.observer.seen("h:10")] == ["unknown"] * 3
+    loop.poll()
+    seen = loop.observer.seen("h:10")
+    assert [(s.label, s.state, s.processes) for s in seen] == [
+        (f"127.0.0.1:{port_a}", "up", 2), (f"127.0.0.1:{port_b}", "up", 1),
+        (f"127.0.0.1:{down[1]}", "down", 0)]
+    assert "refused" in seen[2].reason.lower()
+    workers[0].close()  # a worker that goes away is no longer counted
+    assert wait_for(lambda: loop.poll() and loop.observer.seen("h:10")[0].processes == 1)

@@ -75,9 +75,10 @@ class ScriptedObserver:
 
     made: list[ScriptedObserver] = []
 
-    def __init__(self, servers: Any, selector: Any, *, timeout: float,
+    def __init__(self, servers: Any, selector: Any, *, timeout: float, keepalive: float,
                  on_snapshot: Callable[[Snapshot], None]) -> None:
         self.servers, self.timeout, self.on_snapshot = servers, timeout, on_snapshot
+        self.keepalive = keepalive
         self.snapshot: Snapshot | None = None
         self.polls: list[float] = []
         self.closed = False

@@ -70,6 +70,22 @@ def test_show_is_the_unpadded_status_line_then_bare_pids() -> None:
     assert run(ctl, "show a") == [SHOW_A]
 
 
+def test_servers_lists_each_server_its_state_and_our_processes() -> None:
+    ctl = MemoryController()
+    lines = run(ctl, "servers")
+    assert lines == [
+        "198.18.1.2:4730            up       12",
+        "gearmand-two.example:4730  down     0",
+        "[2001:db8::7]:4731         unknown  0",
+    ]
+    assert [line.split() for line in lines] == [  # what a script reads
+        ["198.18.1.2:4730", "up", "12"], ["gearmand-two.example:4730", "down", "0"],
+        ["[2001:db8::7]:4731", "unknown", "0"]]
+    assert run(ctl, "servers all") == ["ERR invalid_value: usage: servers"]
+    ctl.servers = []
+    assert run(ctl, "servers") == []
+
+
 def test_ps_lists_state_jobs_done_and_idle_seconds() -> None:
     ctl = MemoryController()
     assert run(ctl, "ps My::Workers::Two::scale_image") == [

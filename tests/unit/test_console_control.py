@@ -66,3 +66,13 @@ def test_shutdown_and_reload_are_requests_to_the_master() -> None:
     control.request_shutdown()
     assert calls == ["reload", "shutdown"]
     assert control.has_job("a.resize") and not control.has_job("nope")
+
+
+def test_servers_are_the_masters_rows() -> None:
+    from gearman_driver.console.replies import ServerRow
+
+    rows = [ServerRow("198.18.1.2:4730", "up", 2)]
+    control = DriverControl(JobTable(), Scoreboard(1), stop=lambda p, why: None,
+                            shutdown=lambda: None, request_reload=lambda done: None,
+                            servers=lambda: rows)
+    assert control.server_rows() == rows

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gearman_driver.console.replies import JobRow, ProcessRow
+from gearman_driver.console.replies import JobRow, ProcessRow, ServerRow
 from gearman_driver.console.server import ConsoleServer
 from gearman_driver.streamserver import StreamServer
 
@@ -35,6 +35,9 @@ class MemoryController:
         self.shutdown_requested = False
         self.fail: Exception | None = None
         self.reloads: list[Callable[[str | None], None]] = []  # outcomes not yet told
+        self.servers = [ServerRow("198.18.1.2:4730", "up", 12),
+                        ServerRow("gearmand-two.example:4730", "down", 0),
+                        ServerRow("[2001:db8::7]:4731", "unknown", 0)]
 
     def job_rows(self) -> Sequence[JobRow]:
         if self.fail is not None:
@@ -47,6 +50,9 @@ class MemoryController:
 
     def process_rows(self, job: str) -> Sequence[ProcessRow]:
         return list(self.jobs[job].processes)
+
+    def server_rows(self) -> Sequence[ServerRow]:
+        return self.servers
 
     def has_job(self, job: str) -> bool:
         return job in self.jobs

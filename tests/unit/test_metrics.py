@@ -22,7 +22,7 @@ from gearman_driver.master.metrics import (
     exposition,
     make_registry,
 )
-from gearman_driver.master.observer import FunctionStatus, Snapshot
+from gearman_driver.master.observer import FunctionStatus, ServerSeen, Snapshot
 from gearman_driver.master.processes import ProcessManager
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
 from gearman_driver.scoreboard import (
@@ -67,10 +67,12 @@ def scrape(source: MetricsSource, accept: str = "") -> Samples:
 
 
 def source_for(jobs: JobTable, board: Scoreboard, snapshot: Snapshot | None = None,
-               reloads: dict[str, int] | None = None) -> MetricsSource:
+               reloads: dict[str, int] | None = None, servers: list[ServerSeen] | None = None,
+               reconnects: dict[tuple[str, int], int] | None = None) -> MetricsSource:
     return MetricsSource(jobs=jobs, scoreboard=lambda: board, snapshot=lambda: snapshot,
                          backend=lambda: "native", reloads=reloads or {},
-                         loop_lag=lambda: 0.25)
+                         loop_lag=lambda: 0.25, servers=lambda: servers or [],
+                         reconnects=lambda: reconnects or {})
 
 
 def run_jobs(board: Scoreboard, slot: int, jobs: list[tuple[int, str | None, float]]) -> None:
@@ -156,11 +158,24 @@ def test_gearmand_snapshot_master_counters_and_build_info() -> None:
         servers_down=(("::1", 4731),),
         functions=MappingProxyType({"s.one": FunctionStatus("s.one", 10, 4, 4)}), workers=(),
     )
-    samples = scrape(source_for(jobs, board, snapshot, {"ok": 2, "failed": 1}))
+    servers = [ServerSeen(("127.0.0.1", 4730), "up", 3), ServerSeen(("::1", 4731), "down", 0),
+               ServerSeen(("10.9.9.9", 4730), "unknown", 0)]
+    samples = scrape(source_for(jobs, board, snapshot, {"ok": 2, "failed": 1}, servers,
+                                {("::1", 4731): 4, ("10.1.1.1", 4730): 1}))
     label = (("job_name", "solo"),)
     assert samples[("gearman_driver_gearmand_jobs_waiting", (("function", "s.one"),))] == 6
-    assert samples[("gearman_driver_gearmand_up", (("server", "127.0.0.1:4730"),))] == 1
-    assert samples[("gearman_driver_gearmand_up", (("server", "[::1]:4731"),))] == 0
+    local, v6, unpolled, removed = ((("server", name),) for name in (
+        "127.0.0.1:4730", "[::1]:4731", "10.9.9.9:4730", "10.1.1.1:4730"))
+    assert samples[("gearman_driver_gearmand_up", local)] == 1
+    assert samples[("gearman_driver_gearmand_up", v6)] == 0
+    assert ("gearman_driver_gearmand_up", unpolled) not in samples  # not polled yet
+    assert samples[("gearman_driver_gearmand_workers_connected", local)] == 3
+    assert ("gearman_driver_gearmand_workers_connected", v6) not in samples  # unknown: down
+    reconnects = "gearman_driver_gearmand_reconnects_total"
+    assert samples[(reconnects, local)] == 0  # every configured server, from zero
+    assert samples[(reconnects, v6)] == 4
+    assert samples[(reconnects, unpolled)] == 0
+    assert samples[(reconnects, removed)] == 1  # a server no longer configured keeps its count
     assert 3.0 <= samples[("gearman_driver_gearmand_scrape_age_seconds", ())] < 60
     assert samples[("gearman_driver_process_starts_total", label)] == 7
     assert samples[("gearman_driver_failed_starts_total", label)] == 2

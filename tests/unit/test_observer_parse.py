@@ -9,11 +9,15 @@ import pytest
 from gearman_driver.master import observer
 from gearman_driver.master.observer import (
     FunctionStatus,
+    ServerSeen,
     Snapshot,
     WorkerEntry,
     driver_peers,
+    our_processes,
     parse_status,
     parse_workers,
+    server_label,
+    servers_summary,
 )
 
 SERVER = ("127.0.0.1", 4730)
@@ -111,6 +115,37 @@ def test_driver_peers() -> None:
     assert driver_peers(snap, ["fn"]) == {"hostA:10", "hostB:10"}
     assert driver_peers(snap, ("fn", "fn2")) == {"hostA:10", "hostA:20", "hostB:10"}
     assert driver_peers(snap, []) == set()
+
+
+def test_our_processes_counts_this_drivers_processes_not_connections() -> None:
+    workers = [
+        worker("hostA:100:10:Job", "fn"),
+        worker("hostA:100:10:Job", "fn"),  # a dead connection of the same process, not yet gone
+        worker("hostA:101:10:Other::Job"),  # registered nothing (yet): still connected
+        worker("hostA:200:20:Job", "fn"),  # another driver on this host
+        worker("hostB:102:10:Job", "fn"),  # a driver with our pid on another host
+        worker("-", "fn"),
+        worker("hostA:10", "fn"),
+    ]
+    assert our_processes(workers, "hostA:10") == 2
+    assert our_processes(workers, "hostA:20") == 1
+    assert our_processes([], "hostA:10") == 0
+
+
+def test_server_labels_are_as_configured() -> None:
+    assert server_label(("10.0.0.1", 4730)) == "10.0.0.1:4730"
+    assert server_label(("::1", 4731)) == "[::1]:4731"
+    assert ServerSeen(("gm.example", 1), "down", 0, "refused").label == "gm.example:1"
+
+
+def test_status_names_the_servers_that_are_down() -> None:
+    one, two, three = ("10.0.0.1", 4730), ("::1", 4730), ("gm", 1)
+    assert servers_summary([ServerSeen(one, "unknown", 0), ServerSeen(two, "unknown", 0)]) == ""
+    assert servers_summary([ServerSeen(one, "up", 3), ServerSeen(two, "unknown", 0)]) == \
+        "gearmand 1/2 up"
+    assert servers_summary([ServerSeen(one, "down", 0), ServerSeen(two, "down", 0),
+                            ServerSeen(three, "up", 1)]) == \
+        "gearmand 1/3 up (down: 10.0.0.1:4730, [::1]:4730)"
 
 
 def test_snapshot_waiting_sums_functions() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -290,3 +291,33 @@ def test_what_a_batch_prepares_is_frozen_before_its_first_fork(
     monkeypatch.setattr(processes_module.os, "fork", fork)
     rig.manager.start_batch([StartRequest(rig.job, 3, "min_processes")])
     assert young_writers == [0, 0, 0]
+
+
+def test_reconnects_are_summed_per_server_and_kept_once_a_process_exited() -> None:
+    rig = Rig()
+    one, two = ("198.18.1.2", 4730), ("198.18.2.2", 4730)
+    live = rig.process()
+    live.servers = (one, two)
+    writer = rig.board.child_writer(live.slot)
+    for index in (1, 1, 0):
+        writer.reconnected(index)
+    slot = rig.board.allocate()
+    pid = os.fork()
+    if pid == 0:
+        child = rig.board.child_writer(slot)
+        for _ in range(3):
+            child.reconnected(0)  # its only server is `two`
+        child.ready(os.getpid())
+        os._exit(0)
+    rig.jobs.add_process(rig.job, Process(pid, slot, "resize", 0.0, servers=(two,)))
+    deadline = time.monotonic() + 10
+    while rig.board.read(slot).pid != pid:  # written
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert rig.manager.reconnects() == {one: 1, two: 5}
+    while rig.jobs.job_of(pid) is not None:
+        assert time.monotonic() < deadline
+        rig.manager.reap(time.monotonic())
+        time.sleep(0.01)
+    assert rig.manager.reconnects() == {one: 1, two: 5}  # the exited one's count is kept
+    assert rig.board.read(slot).state == State.FREE

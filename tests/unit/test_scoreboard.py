@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
-from gearman_driver.scoreboard import ERROR_BYTES, HANDLE_BYTES, Scoreboard, State
+from gearman_driver.scoreboard import ERROR_BYTES, HANDLE_BYTES, MAX_SERVERS, Scoreboard, State
 
 
 def test_child_writes_are_seen_by_the_master_after_fork() -> None:
@@ -80,3 +80,21 @@ def test_a_long_handle_is_cut_and_the_sequence_wraps_without_a_torn_read() -> No
     assert struct.unpack_from("=I", board._mem, 0)[0] == 4  # even: no write in progress
     view = board.read(slot)
     assert (view.state, view.jobs_done, view.delivered, view.pid) == (State.IDLE, 1, 1, 10)
+
+
+def test_reconnects_are_counted_per_server_index_and_start_from_zero() -> None:
+    board = Scoreboard(2)
+    slot = board.allocate()
+    pid = os.fork()
+    if pid == 0:
+        writer = board.child_writer(slot)
+        writer.ready(os.getpid())
+        for index in (0, 2, 2, MAX_SERVERS - 1, MAX_SERVERS):  # past the last: not counted
+            writer.reconnected(index)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    counts = board.reconnects(slot)
+    assert len(counts) == MAX_SERVERS
+    assert (counts[0], counts[1], counts[2], counts[-1], sum(counts)) == (1, 0, 2, 1, 4)
+    board.release(slot)
+    assert board.allocate() == slot and sum(board.reconnects(slot)) == 0
