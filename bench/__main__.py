@@ -19,6 +19,7 @@ from bench import (
     footprint,
     memory,
     metrics,
+    network,
     profile,
     reaction,
     report,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "fairness": fairness.run,
     "scale": scale.run,
     "footprint": footprint.run,
+    "network": network.run,
 }
 
 

@@ -52,12 +52,14 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self._kids: set[int] = set()
+        self.wrapper: list[str] = []  # words run before the daemon (ip netns exec NS)
 
     def start(self) -> Daemon:
         with open(self.log_path, "ab") as log:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "gearman_driver.cli", "--configfile", str(self.config_path)],
+                [*self.wrapper, PYTHON, "-m", "gearman_driver.cli", "--configfile",
+                 str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=str(ROOT), env=self.env)
         return self

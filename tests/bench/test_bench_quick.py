@@ -27,6 +27,7 @@ SECTIONS = {
     "## Scale": r"\| launch → READY=1 \(s\) \| \d+\.\d+",
     "## Fairness": r"lost\) \| 0 \|",
     "## Footprint": r"idle child PSS \| \d+\.\d+",
+    "## Network": r"\| native \| 2 \| 0 \| \d+\.\d+",
 }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import os
 import signal
 import socket
@@ -145,13 +146,16 @@ class Host:
     def link_up(self) -> None:
         ip("-n", self.ns, "link", "set", self.link, "up")
 
-    def reboot(self) -> None:
-        """A hard reboot: no FIN, no RST, no TCP state survives (see the module docstring)."""
+    def reboot(self, down_for: float = 0.0) -> None:
+        """A hard reboot: no FIN, no RST, no TCP state survives (see the module docstring);
+        the host is off the network for at least `down_for` seconds."""
         self.link_down()
+        off = time.monotonic()
         self.kill_gearmand()
         subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-tanK"], capture_output=True,
                        check=True, timeout=30)
         self.start_gearmand(*self.gearmand_args)
+        time.sleep(max(0.0, off + down_for - time.monotonic()))  # the outage itself
         self.link_up()
 
     # -- gearmand --------------------------------------------------------------------------
@@ -253,6 +257,13 @@ class Lab:
         lines = [line.split() for line in out.splitlines() if line.strip()]
         return bool(lines) and all(words[1] == "0" and not any(
             word.startswith("timer:(on") for word in words) for words in lines)
+
+    def packets(self, host: Host) -> int:
+        """Packets sent and received on the driver's end of `host`'s link so far."""
+        [link] = json.loads(ip("-n", self.driver_ns, "-s", "-j", "link", "show",
+                               host.driver_link))
+        stats = link["stats64"]
+        return int(stats["rx"]["packets"]) + int(stats["tx"]["packets"])
 
     def console(self, command: str, port: int, timeout: float = 5.0) -> list[str]:
         """One console command to the driver (on its namespace's loopback): the reply's
