@@ -68,14 +68,20 @@ def test_one_of_two_servers_silent(lab: Callable[[int], Lab],
                                 for status in notify.statuses()), 5)
 
     silent, silent_peak = burst(driver, one, "b")
+    driver.rewrite_config({"graceful_timeout": 11})
+    began = time.monotonic()
+    assert driver.console("reload", timeout=30) == ["OK"]  # answered once it is applied
+    reloaded = time.monotonic() - began
     for _ in range(10):  # and the console still answers at once
         began = time.monotonic()
         driver.console("servers")
         slowest = max(slowest, time.monotonic() - began)
-    print(f"console slowest {slowest * 1000:.0f} ms; down after {seen_down:.1f}s; burst "
+    print(f"reload {reloaded:.2f}s; console slowest {slowest * 1000:.0f} ms; down after "
+          f"{seen_down:.1f}s; burst "
           f"drained in {both_up:.2f}s with both up (peak {both_up_peak}), {silent:.2f}s with "
           f"one silent (peak {silent_peak})")
     assert slowest <= 1.0  # Done when: the console answers within 1 s
+    assert reloaded <= 5.0  # no server waits on another: a reload neither
     assert both_up_peak == silent_peak == TOP
     assert silent <= 1.5 * both_up + 1.0, (silent, both_up)  # as with no silent server
 

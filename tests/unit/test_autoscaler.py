@@ -267,17 +267,21 @@ def test_polls_follow_the_interval_and_stop_while_draining() -> None:
 
 
 def test_interval_zero_turns_scaling_off_and_a_reload_turns_it_on() -> None:
-    r = rig(settings=load_settings([], {"interval": 0}))
+    r = rig(settings=load_settings([], {"interval": 0, "server": "a:1,[::1]:2"}))
     assert r.autoscaler.observer is None and r.observer is None
+    assert [(seen.label, seen.state) for seen in r.autoscaler.servers_seen()] == [
+        ("a:1", "unknown"), ("[::1]:2", "unknown")]  # nothing polls them
     r.autoscaler.configure(load_settings([], {"interval": 2}))
     assert r.autoscaler.observer is not None and r.autoscaler.observer.timeout == 4.0
 
 
 def test_a_reload_keeps_the_observer_unless_servers_or_interval_change() -> None:
     r = rig()
-    r.autoscaler.configure(load_settings([], {"interval": 1, "max_idle_time": 99}))
+    r.autoscaler.configure(load_settings([], {"interval": 1, "max_idle_time": 99,
+                                              "keepalive": 7}))
     assert r.autoscaler.observer is r.observer and not r.observer.closed
     assert r.autoscaler.settings.max_idle_time == 99
+    assert r.observer.keepalive == 7  # its next polls' connections
     r.autoscaler.configure(load_settings([], {"interval": 1, "server": "other:4730"}))
     assert r.observer.closed and r.autoscaler.observer is not r.observer
 
