@@ -16,6 +16,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 
 class State(IntEnum):
@@ -166,23 +167,20 @@ class Scoreboard:
 
     def counters(self, slot: int) -> tuple[float, ...]:
         """A consistent copy of a slot's counter area (see `Counters`), same retry as `read`."""
-        offset = slot * _SLOT_SIZE
-        mem = self._mem
-        for _ in range(1000):
-            seq = _HEAD.unpack_from(mem, offset)[0]
-            values: tuple[float, ...] = _COUNTERS.unpack_from(mem, offset + _COUNTERS_AT)
-            if seq % 2 == 0 and _HEAD.unpack_from(mem, offset)[0] == seq:
-                break
-        return values
+        return self._consistent(slot, _COUNTERS, _COUNTERS_AT)
 
     def reconnects(self, slot: int) -> tuple[int, ...]:
         """How often the slot's process connected again to each of its servers (by index in
         its server list, the first MAX_SERVERS) after losing the connection."""
+        return self._consistent(slot, _RECONNECTS, _RECONNECTS_AT)
+
+    def _consistent(self, slot: int, layout: struct.Struct, at: int) -> tuple[Any, ...]:
+        """`layout` unpacked at `at` in the slot, retried while the child is writing it."""
         offset = slot * _SLOT_SIZE
         mem = self._mem
         for _ in range(1000):
             seq = _HEAD.unpack_from(mem, offset)[0]
-            values: tuple[int, ...] = _RECONNECTS.unpack_from(mem, offset + _RECONNECTS_AT)
+            values = layout.unpack_from(mem, offset + at)
             if seq % 2 == 0 and _HEAD.unpack_from(mem, offset)[0] == seq:
                 break
         return values

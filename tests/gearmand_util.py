@@ -14,6 +14,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,24 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextmanager
+def black_hole() -> Iterator[tuple[str, int]]:
+    """A silent server on loopback: a listener whose accept queue is full drops further SYNs,
+    so a connect to it neither succeeds nor fails (as to a host that vanished)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = [socket.socket() for _ in range(3)]
+    try:
+        for sock in fillers:  # fill the accept queue; later SYNs are dropped
+            sock.setblocking(False)
+            sock.connect_ex(listener.getsockname())
+        yield listener.getsockname()
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
 
 
 def admin(port: int, command: str, timeout: float = 5.0, host: str = "127.0.0.1") -> list[str]:

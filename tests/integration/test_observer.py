@@ -22,6 +22,7 @@ from gearman_driver.master.observer import FunctionStatus, Observer, Snapshot, d
 from gearman_driver.protocol import Cmd, PacketParser, encode_request
 from tests.gearmand_util import (
     TestClient,
+    black_hole,
     free_port,
     start_gearmand,
     stop_gearmand,
@@ -282,37 +283,27 @@ def test_close_in_child_leaves_master_polling(gearmands: Start, cleanup: Cleanup
 
 
 @pytest.fixture
-def black_hole() -> Iterator[tuple[str, int]]:
-    """A silent server on loopback: a listener whose accept queue is full drops further SYNs,
-    so a connect to it neither succeeds nor fails (as to a host that vanished)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = [socket.socket() for _ in range(3)]
-    for sock in fillers:
-        sock.setblocking(False)
-        sock.connect_ex(listener.getsockname())
-    yield listener.getsockname()
-    for sock in [*fillers, listener]:
-        sock.close()
+def silent() -> Iterator[tuple[str, int]]:
+    with black_hole() as address:
+        yield address
 
 
 def test_a_silent_server_costs_one_timeout_then_nothing(
-        gearmands: Start, black_hole: tuple[str, int], cleanup: Cleanup) -> None:
+        gearmands: Start, silent: tuple[str, int], cleanup: Cleanup) -> None:
     """Once it is known down, a round completes as soon as the servers that answer did, and
     the silent one is tried in the background (its figures never count)."""
     _, live_port = gearmands()
     live = ("127.0.0.1", live_port)
     timeout = 5.0
-    loop = Loop([black_hole, live], timeout=timeout)
+    loop = Loop([silent, live], timeout=timeout)
     cleanup.append(loop.close)
     first = loop.poll()  # the first round waits for every server, up to the deadline
-    assert first.servers_down == (black_hole,) and first.servers_up == (live,)
+    assert first.servers_down == (silent,) and first.servers_up == (live,)
     for _ in range(3):
         started = time.monotonic()
         snap = loop.poll()
         assert time.monotonic() < started + timeout  # completed before the silent server's deadline
-        assert snap.servers_down == (black_hole,) and snap.servers_up == (live,)
+        assert snap.servers_down == (silent,) and snap.servers_up == (live,)
     assert [seen.state for seen in loop.observer.seen("h:1")] == ["down", "up"]
 
 

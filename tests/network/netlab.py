@@ -267,18 +267,9 @@ class Lab:
 
     def console(self, command: str, port: int, timeout: float = 5.0) -> list[str]:
         """One console command to the driver (on its namespace's loopback): the reply's
-        lines without the final '.'."""
+        lines without the final '.' (the console frames its replies as gearmand does)."""
         with inside(self.driver_ns):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        with sock:
-            sock.sendall(command.encode() + b"\n")
-            data = b""
-            while not (data == b".\n" or data.endswith(b"\n.\n")):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return data.decode().splitlines()[:-1]
+            return admin(port, command, timeout=timeout)
 
     def scrape(self, port: int, timeout: float = 5.0) -> dict[str, float]:
         """The driver's metrics endpoint: sample (name with labels) -> value."""

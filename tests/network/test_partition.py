@@ -27,6 +27,17 @@ GEARMAND_KEEPALIVE = ("--keepalive", "--keepalive-idle=1", "--keepalive-interval
 PROCESSES = 4
 
 
+def one_host(lab: Callable[[int], Lab], net_driver: Callable[..., NetDriver]
+             ) -> tuple[Host, NetDriver]:
+    """A gearmand host (with gearmand's keepalive) and a driver with PROCESSES registered."""
+    host = lab(1).hosts[0]
+    host.start_gearmand(*GEARMAND_KEEPALIVE)
+    driver = net_driver(host.lab, {"keepalive": KEEPALIVE, **limits(PROCESSES, PROCESSES)})
+    assert wait_for(lambda: host.our_processes(driver.pid) == PROCESSES, 20), \
+        driver.log()[-3000:]
+    return host, driver
+
+
 def submit(host: Host, tag: str, jobs: int, ms: int) -> set[str]:
     ids = [f"{tag}{i}" for i in range(jobs)]
     with host.client() as client:
@@ -59,11 +70,7 @@ def settled(driver: NetDriver, host: Host) -> None:
 
 def test_partition_and_heal_during_a_burst(lab: Callable[[int], Lab],
                                            net_driver: Callable[..., NetDriver]) -> None:
-    net = lab(1)
-    host = net.hosts[0]
-    host.start_gearmand(*GEARMAND_KEEPALIVE)
-    driver = net_driver(net, {"keepalive": KEEPALIVE, **limits(PROCESSES, PROCESSES)})
-    assert wait_for(lambda: host.our_processes(driver.pid) == PROCESSES, 20)
+    host, driver = one_host(lab, net_driver)
     ids = submit(host, "p", 400, 20)  # 2 s of work for 4 processes
     assert wait_for(lambda: len(driver.records()) >= 100, 20)
 
@@ -90,11 +97,7 @@ def test_a_flapping_link(lab: Callable[[int], Lab], net_driver: Callable[..., Ne
                          ) -> None:
     """Short drops (which TCP rides out) and one longer than 3 × keepalive (which it does
     not), while jobs run: nothing lost, everything back, and the log says each outage once."""
-    net = lab(1)
-    host = net.hosts[0]
-    host.start_gearmand(*GEARMAND_KEEPALIVE)
-    driver = net_driver(net, {"keepalive": KEEPALIVE, **limits(PROCESSES, PROCESSES)})
-    assert wait_for(lambda: host.our_processes(driver.pid) == PROCESSES, 20)
+    host, driver = one_host(lab, net_driver)
     ids = submit(host, "f", 300, 40)  # 3 s of work for 4 processes
     # the flapping is the stimulus (down, up) in seconds, not a wait for a condition
     for down, up in ((0.5, 1.0), (4.5, 1.0), (1.0, 0.5), (0.3, 0.3), (4.5, 0.5)):

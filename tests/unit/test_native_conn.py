@@ -18,20 +18,15 @@ from gearman_driver.child.backends import connecting
 from gearman_driver.child.backends.connecting import Connector
 from gearman_driver.child.backends.native_conn import REGISTERING, ServerConnection
 from gearman_driver.keepalive import probes
+from tests.gearmand_util import black_hole
 
 
 def test_a_silent_address_is_left_for_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as silent, socket.socket() as good:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(0)
-        fillers = [socket.socket() for _ in range(3)]
-        for sock in fillers:  # fill the accept queue; later SYNs are dropped
-            sock.setblocking(False)
-            sock.connect_ex(silent.getsockname())
+    with black_hole() as silent, socket.socket() as good:
         good.bind(("127.0.0.1", 0))
         good.listen(1)
         infos = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", addr)
-                 for addr in (silent.getsockname(), good.getsockname())]
+                 for addr in (silent, good.getsockname())]
         monkeypatch.setattr(connecting.socket, "getaddrinfo", lambda *args: infos)
         with selectors.DefaultSelector() as sel:
             conn = ServerConnection(("dual", 4730), sel, max_backoff=1.0, max_packet=1 << 20,
@@ -45,11 +40,8 @@ def test_a_silent_address_is_left_for_the_next(monkeypatch: pytest.MonkeyPatch) 
                     conn.finish_connect()
             assert conn.state == REGISTERING
             assert conn.sock is not None and conn.sock.getpeername() == good.getsockname()
-            assert conn.connector.errors == [
-                (f"127.0.0.1:{silent.getsockname()[1]}", "no answer in 0.3 s")]
+            assert conn.connector.errors == [(f"127.0.0.1:{silent[1]}", "no answer in 0.3 s")]
             conn.close()
-        for sock in fillers:
-            sock.close()
 
 
 def test_every_address_refusing_is_one_error_naming_each(monkeypatch: pytest.MonkeyPatch
@@ -132,14 +124,8 @@ def test_keepalive_zero_leaves_probing_off() -> None:
 def test_poll_never_blocks_on_a_silent_server() -> None:
     """The pygearman backend's way: each poll is one non-blocking step; a silent address is
     given up on after `keepalive` s (the only wait is the caller's)."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(0)
-        fillers = [socket.socket() for _ in range(3)]
-        for sock in fillers:
-            sock.setblocking(False)
-            sock.connect_ex(silent.getsockname())
-        connector = Connector(silent.getsockname(), 0.5)
+    with black_hole() as silent:
+        connector = Connector(silent, 0.5)
         connector.begin()
         assert connector.sock is not None and not connector.sock.getblocking()
         polls = 0
@@ -149,5 +135,3 @@ def test_poll_never_blocks_on_a_silent_server() -> None:
                 polls += 1
                 time.sleep(0.02)
         assert polls > 1  # each step returned at once: the address was given up on later
-        for sock in fillers:
-            sock.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -48,6 +49,15 @@ class GearmanJob(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<GearmanJob {self.function} handle={self.handle!r} unique={self.unique!r}>"
+
+
+def drain_wakeup(fd: int) -> None:
+    """Empty the signal wakeup pipe (the signal itself was handled by its Python handler)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 def payload_bytes(data: bytes | str) -> bytes:

@@ -11,10 +11,10 @@ fused job path) is in native_jobs.py; this module runs the loop and the connecti
 from __future__ import annotations
 
 import logging
-import os
 import selectors
 import time
 
+from gearman_driver.child.backends.base import drain_wakeup
 from gearman_driver.child.backends.native_conn import (
     CONNECTING,
     DOWN,
@@ -90,7 +90,7 @@ class NativeBackend(WorkerProtocol):
                     for key, mask in sel.select(self._connect_due(hooks.poll_interval)):
                         conn: ServerConnection | None = key.data
                         if conn is None:
-                            _drain(key.fd)
+                            drain_wakeup(key.fd)
                         elif conn.sock is not None:  # else closed earlier in this batch
                             self._service(conn, mask)
                 for conn in self._conns:
@@ -181,11 +181,3 @@ class NativeBackend(WorkerProtocol):
         self._grabbing = None
         sel.close()
 
-
-def _drain(fd: int) -> None:
-    """Empty the signal wakeup pipe (the signal itself was handled by its Python handler)."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass

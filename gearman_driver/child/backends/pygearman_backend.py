@@ -36,6 +36,7 @@ from gearman_driver.child.backends.base import (
     JobResult,
     Server,
     WorkerBackend,
+    drain_wakeup,
     payload_bytes,
 )
 from gearman_driver.child.backends.connecting import Backoff, Connector
@@ -252,7 +253,7 @@ class PygearmanBackend(WorkerBackend):
         if due > now:
             poller.poll((due - now) * 1000)
         if self.hooks.wakeup_fd is not None:
-            _drain(self.hooks.wakeup_fd)
+            drain_wakeup(self.hooks.wakeup_fd)
 
 
 def _socket_error(sock: socket.socket | None) -> str:
@@ -262,15 +263,6 @@ def _socket_error(sock: socket.socket | None) -> str:
     except OSError as exc:
         return exc.strerror or str(exc)
     return os.strerror(err) if err else "connection closed"
-
-
-def _drain(fd: int) -> None:
-    """Empty the signal wakeup pipe (the signal itself was handled by its Python handler)."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
 
 
 __all__ = ["PygearmanBackend", "Server"]
