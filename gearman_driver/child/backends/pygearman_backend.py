@@ -92,6 +92,7 @@ class _Connection(GearmanConnection):
         self.server = server
         self.connector = Connector(server, keepalive)
         self.backoff = Backoff(max_backoff)
+        self.failure = ""  # why the last read or write failed, as pygearman raised it
 
     def _create_client_socket(self) -> None:
         now = time.monotonic()
@@ -113,9 +114,11 @@ class _Connection(GearmanConnection):
             raise GearmanConnectionError("connecting")
         self.set_socket(connector.take())
 
-    def lost(self, reason: str) -> None:
-        """The connection failed: reconnect after the backoff's next step."""
+    def lost(self) -> None:
+        """The connection failed: say why, reconnect after the backoff's next step."""
+        reason = self.failure.split("> ", 1)[-1] or _socket_error(self.gearman_socket)
         log.info("closing connection to %s:%d: %s", self.gearman_host, self.gearman_port, reason)
+        self.failure = ""
         self.backoff.failed(time.monotonic())
 
     def close(self) -> None:
@@ -149,13 +152,27 @@ class _Worker(gearman.GearmanWorker):
                      connection.gearman_host, connection.gearman_port)
             self.backend.hooks.on_registered(connection.server)
 
+    def handle_read(self, current_connection: Any) -> None:
+        try:
+            super().handle_read(current_connection)
+        except GearmanConnectionError as exc:  # pygearman closes it in handle_error
+            current_connection.failure = str(exc)
+            raise
+
+    def handle_write(self, current_connection: Any) -> None:
+        try:
+            super().handle_write(current_connection)
+        except GearmanConnectionError as exc:
+            current_connection.failure = str(exc)
+            raise
+
     def handle_error(self, current_connection: Any) -> None:
-        was_connected = current_connection in self.connection_to_handler_map
-        reason = _socket_error(current_connection.gearman_socket)
+        if current_connection not in self.connection_to_handler_map:
+            super().handle_error(current_connection)  # already closed (pygearman may ask twice)
+            return
+        current_connection.lost()  # before super() closes its socket
         super().handle_error(current_connection)
-        if was_connected:
-            current_connection.lost(reason)
-            self.backend.hooks.on_disconnected(current_connection.server)
+        self.backend.hooks.on_disconnected(current_connection.server)
 
     def on_job_execute(self, current_job: Any) -> bool:
         result = self.backend.run_job(self, current_job)
