@@ -307,6 +307,21 @@ def test_a_silent_server_costs_one_timeout_then_nothing(
     assert [seen.state for seen in loop.observer.seen("h:1")] == ["down", "up"]
 
 
+def test_the_masters_poll_connections_are_probed_too(gearmands: Start, cleanup: Cleanup) -> None:
+    stopped, port = gearmands()
+    os.kill(stopped.pid, signal.SIGSTOP)  # the poll's connection stays open while we look
+    loop = Loop([("127.0.0.1", port)])
+    loop.observer.keepalive = 7
+    cleanup.append(loop.close)
+    assert loop.observer.start_poll(time.monotonic())
+    [key] = loop.selector.get_map().values()
+    sock = key.fileobj
+    assert isinstance(sock, socket.socket)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 21000
+
+
 def test_seen_tells_each_servers_state_and_our_processes(gearmands: Start, cleanup: Cleanup
                                                          ) -> None:
     _, port_a = gearmands()
