@@ -44,6 +44,7 @@ APPLIED_BY = {
     "metrics_port": "endpoints", "metrics_host": "endpoints",
     "console_allow_users": "live", "interval": "live", "max_idle_time": "live",
     "graceful_timeout": "live",
+    "keepalive": "live, the connections made from now on (the log says so)",
     "logfile": "live, every process", "loglevel": "live, every process",
     "loglayout": "live, every process",
     "pidfile": "live (the new file is locked before the old one is let go)",
