@@ -221,8 +221,10 @@ class WorkerProtocol(WorkerBackend):
             self._ready.append(conn)
 
     def _grab_next(self) -> None:
-        """Send GRAB_JOB_UNIQ on the next awake connection, if none is outstanding."""
-        if self._grabbing is not None or self._stopping:
+        """Send GRAB_JOB_UNIQ on the next awake connection, if none is outstanding and no
+        stop was asked for: a stop signal handled in the same wake-up as a NOOP (the loop has
+        not looked at the flag yet) must not take one more job."""
+        if self._grabbing is not None or self._stopping or self.hooks.should_stop():
             return
         ready = self._ready
         while ready:
