@@ -24,7 +24,12 @@ ATTRIBUTE_KEYS = (
     "max_jobs_per_process",
     "worker_backend",
     "exceptions",
+    "concurrency",
 )
+
+#: The most jobs one process may hold at once (`concurrency`): slots are threads or tasks of
+#: one process, and each costs a little memory (an OS thread's stack for a plain method).
+MAX_CONCURRENCY = 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +58,7 @@ def job(
     max_jobs_per_process: int | None = None,
     worker_backend: str | None = None,
     exceptions: bool | None = None,
+    concurrency: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -68,6 +74,7 @@ def job(
     max_jobs_per_process: int | None = None,
     worker_backend: str | None = None,
     exceptions: bool | None = None,
+    concurrency: int | None = None,
 ) -> F | Callable[[F], F]:
     """Mark a method `(self, job, workload)` as a Gearman function.
 
@@ -76,6 +83,8 @@ def job(
     `self.encode`/`self.decode`, a string names another method of the class.
     `exceptions=True` answers a raising job with WORK_EXCEPTION carrying `"<Type>: <message>"`
     instead of WORK_FAIL: only for clients that all enable exceptions (docs/protocol.md).
+    `concurrency=N` lets each process hold N jobs at once: an `async def` method runs them as
+    tasks of one event loop, a plain one on N threads (docs/concurrency.md).
     """
     given = {
         key: value
@@ -89,6 +98,7 @@ def job(
             ("max_jobs_per_process", max_jobs_per_process),
             ("worker_backend", worker_backend),
             ("exceptions", exceptions),
+            ("concurrency", concurrency),
         )
         if value is not None
     }

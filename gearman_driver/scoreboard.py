@@ -44,6 +44,7 @@ _FIELDS = (
     ("jobs_done", "Q"), ("last_end", "d"), ("last_end_mono", "d"),  # job finished
     ("delivered", "Q"), ("state", "B"),  # result sent
     ("job_started", "d"), ("handle", f"{HANDLE_BYTES + 1}p"),  # job started (with state)
+    ("slots", "H"), ("busy_slots", "H"),  # a process of several slots (`concurrency`)
 )
 _LAYOUT = struct.Struct("=" + "".join(fmt for _, fmt in _FIELDS))
 _OFFSET = {name: struct.calcsize("=" + "".join(fmt for _, fmt in _FIELDS[:i]))
@@ -54,6 +55,7 @@ _REGISTERED = struct.Struct("=H")
 _ERROR = struct.Struct(f"=dH{ERROR_BYTES}s")  # last_error, error_len, error
 _FINISHED = struct.Struct("=Qdd")  # jobs_done, last_end, last_end_mono
 _SENT = struct.Struct("=QB")  # delivered, state
+_BUSY_SLOTS = struct.Struct("=H")
 _STARTED = struct.Struct(f"=Bd{HANDLE_BYTES + 1}p")  # state, job_started, handle
 _pack_started, _pack_finished, _pack_sent = _STARTED.pack_into, _FINISHED.pack_into, \
     _SENT.pack_into
@@ -138,10 +140,17 @@ class SlotView:
     last_error: float
     last_error_msg: str
     handle: str = ""  # of the job in hand (or the last one)
+    slots: int = 1  # jobs it can hold at once
+    busy_slots: int = 0  # jobs it holds now (kept only for a process of several slots)
 
     @property
     def busy(self) -> bool:
         return self.state == State.BUSY
+
+    @property
+    def jobs_in_hand(self) -> int:
+        """How many jobs the process holds now."""
+        return self.busy_slots if self.slots > 1 else int(self.state == State.BUSY)
 
 
 class Scoreboard:
@@ -157,12 +166,12 @@ class Scoreboard:
         """Reserve a free slot for a process about to be forked; IndexError when full."""
         slot = self._free.pop()
         self._write(slot, pid_placeholder, State.STARTING, 0, 0, 0, time.time(),
-                    0.0, 0.0, 0.0, 0.0, b"", b"")
+                    0.0, 0.0, 0.0, 0.0, b"", b"", 1)
         return slot
 
     def release(self, slot: int) -> None:
         """Give a slot back once its process has been reaped (fold its counters first)."""
-        self._write(slot, 0, State.FREE, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"")
+        self._write(slot, 0, State.FREE, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, b"", b"", 1)
         self._free.append(slot)
 
     def counters(self, slot: int) -> tuple[float, ...]:
@@ -196,11 +205,11 @@ class Scoreboard:
             if values[0] % 2 == 0 and _HEAD.unpack_from(self._mem, offset)[0] == values[0]:
                 break
         (_, pid, registered, started, last_error, length, text, jobs_done, last_end,
-         last_end_mono, delivered, state, job_started, handle) = values
+         last_end_mono, delivered, state, job_started, handle, slots, busy_slots) = values
         return SlotView(
             pid, State(state), registered, jobs_done, delivered, started, job_started, last_end,
             last_end_mono, last_error, text[:length].decode("utf-8", "replace"),
-            handle.decode("ascii", "replace"),
+            handle.decode("ascii", "replace"), slots, busy_slots,
         )
 
     # -- child side ---------------------------------------------------------------------------
@@ -210,7 +219,7 @@ class Scoreboard:
     def _write(
         self, slot: int, pid: int, state: int, registered: int, jobs_done: int, delivered: int,
         started: float, job_started: float, last_end: float, last_end_mono: float,
-        last_error: float, error: bytes, handle: bytes,
+        last_error: float, error: bytes, handle: bytes, slots: int = 1,
     ) -> None:
         offset = slot * _SLOT_SIZE
         seq = _HEAD.unpack_from(self._mem, offset)[0] | 1  # odd, and the child's was even
@@ -218,7 +227,7 @@ class Scoreboard:
         error = error[:ERROR_BYTES]
         _LAYOUT.pack_into(
             self._mem, offset, seq, pid, registered, started, last_error, len(error), error,
-            jobs_done, last_end, last_end_mono, delivered, state, job_started, handle,
+            jobs_done, last_end, last_end_mono, delivered, state, job_started, handle, slots, 0,
         )
         if state in (State.FREE, State.STARTING):  # a new or reused slot counts from zero
             start = offset + _COUNTERS_AT
@@ -240,6 +249,8 @@ class SlotWriter:
         self._seq = _HEAD.unpack_from(self._mem, base)[0] & ~1  # even between writes
         self.jobs_done = 0
         self.delivered = 0
+        self.busy_slots = 0
+        self._busy_slots_at = base + _OFFSET["busy_slots"]
         self._job_started = time.monotonic()
         whole = memoryview(self._mem)
         self._seq_v = whole[base:base + 4].cast("I")
@@ -303,6 +314,40 @@ class SlotWriter:
         if error is not None:
             text = " ".join(error.split()).encode("utf-8", "replace")[:ERROR_BYTES]
             _ERROR.pack_into(self._mem, self._base + _OFFSET["last_error"], now, len(text), text)
+        seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
+
+    # -- a process of several slots: the same three writes per job, counted by slot ----------
+    def set_slots(self, slots: int) -> None:
+        base = self._begin()
+        struct.pack_into("=H", self._mem, base + _OFFSET["slots"], slots)
+        self._end()
+
+    def slot_started(self, handle: bytes = b"") -> float:
+        """One more slot holds a job; returns when it began (monotonic), for slot_finished."""
+        self.busy_slots += 1
+        seq_v = self._seq_v
+        seq_v[0] = self._seq + 1
+        _pack_started(self._mem, self._state_at, _BUSY, _time(), handle)
+        _BUSY_SLOTS.pack_into(self._mem, self._busy_slots_at, self.busy_slots)
+        seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
+        return _monotonic()
+
+    def slot_finished(self, started: float, error: str | None = None, function: int = 0) -> None:
+        """A slot's job code is over (counted as job_finished does, timed from `started`)."""
+        self._job_started = started
+        self.job_finished(error, function)
+
+    def slot_sent(self, delivered: bool) -> None:
+        """A slot's result was written to gearmand (or lost): the slot is free again; the
+        process is IDLE once no slot holds a job, LOST if a result could not be sent."""
+        self.busy_slots = max(0, self.busy_slots - 1)
+        seq_v = self._seq_v
+        seq_v[0] = self._seq + 1
+        if delivered:
+            self.delivered += 1
+        state = _BUSY if self.busy_slots else (_IDLE if delivered else _LOST)
+        _pack_sent(self._mem, self._sent_at, self.delivered, state)
+        _BUSY_SLOTS.pack_into(self._mem, self._busy_slots_at, self.busy_slots)
         seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
 
     def result_sent(self, delivered: bool) -> None:

@@ -128,7 +128,7 @@ def _as_tuple(value: str | Sequence[str]) -> tuple[str, ...]:
 
 def _job_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(attrs)
-    for key in ("min_processes", "max_processes", "max_jobs_per_process"):
+    for key in ("min_processes", "max_processes", "max_jobs_per_process", "concurrency"):
         if key in out:
             out[key] = int(out[key])
     for key in ("timeout", "max_rss_mb"):

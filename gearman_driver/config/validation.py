@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gearman_driver.api import MAX_CONCURRENCY
 from gearman_driver.config.reading import (
     ConfigError,
     Problem,
@@ -42,10 +43,12 @@ def schema() -> dict[str, Any]:
 
 
 def with_process_ceiling(loaded: dict[str, Any]) -> dict[str, Any]:
-    """The process ceiling has one home (the scoreboard's size); the schema gets it here."""
+    """The process ceiling has one home (the scoreboard's size), the ceiling of a job's slots
+    another (the API's); the schema gets both here."""
     limits = loaded["properties"]["job_runtime_attributes"]["additionalProperties"]["properties"]
     for key in ("min_processes", "max_processes"):
         limits[key]["maximum"] = MAX_PROCESSES
+    limits["concurrency"]["maximum"] = MAX_CONCURRENCY
     return loaded
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from gearman_driver.api import ATTRIBUTE_KEYS, Worker, job_marker
+from gearman_driver.api import ATTRIBUTE_KEYS, MAX_CONCURRENCY, Worker, job_marker
 from gearman_driver.config.settings import ConfigError, Settings, options_for
 from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec, LoadError, MethodSpec
 from gearman_driver.scoreboard import MAX_PROCESSES
@@ -26,7 +26,7 @@ from gearman_driver.scoreboard import MAX_PROCESSES
 log = logging.getLogger("gearman_driver.loader")
 
 RUNTIME_KEYS = ("min_processes", "max_processes", "timeout", "max_jobs_per_process",
-                "worker_backend")
+                "worker_backend", "concurrency")
 
 
 def _location(exc: BaseException) -> str:
@@ -219,13 +219,25 @@ def check_limits(where: str, minimum: Any, maximum: Any) -> tuple[int, int]:
     return minimum, maximum
 
 
+def check_concurrency(where: str, value: Any) -> int:
+    """A job's `concurrency`: an integer 1..MAX_CONCURRENCY (1 when not given)."""
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or \
+            not 1 <= value <= MAX_CONCURRENCY:
+        raise LoadError(f"{where}: concurrency must be an integer 1..{MAX_CONCURRENCY}, "
+                        f"got {value!r}")
+    return value
+
+
 def method_spec(worker: Worker, where: str, function: str, body: Callable[..., Any],
                 attributes: Mapping[str, Any]) -> MethodSpec:
     """One Gearman function of a job, with its coders and exception flag checked."""
     return MethodSpec(function=function, body=body,
                       encode=coder(worker, where, attributes.get("encode"), "encode"),
                       decode=coder(worker, where, attributes.get("decode"), "decode"),
-                      exceptions=exceptions_flag(where, attributes.get("exceptions")))
+                      exceptions=exceptions_flag(where, attributes.get("exceptions")),
+                      is_async=inspect.iscoroutinefunction(body))
 
 
 def added_job_spec(name: str, worker: Worker, methods: Sequence[Mapping[str, Any]],
@@ -265,7 +277,7 @@ def job_specs(worker: Worker) -> list[JobSpec]:
         where = f"{path}.{key}"
         merged: dict[str, Any] = dict(members[0][1])
         for attr in ("min_processes", "max_processes", "timeout", "max_jobs_per_process",
-                     "worker_backend"):
+                     "worker_backend", "concurrency"):
             values = {repr(m[2][attr]): m[2][attr] for m in members if attr in m[2]}
             if len(values) > 1:
                 raise LoadError(f"{where}: process group gives {attr} twice with different "
@@ -290,6 +302,7 @@ def job_specs(worker: Worker) -> list[JobSpec]:
             timeout=merged.get("timeout"),
             max_jobs_per_process=merged.get("max_jobs_per_process"),
             worker_backend=merged.get("worker_backend"),
+            concurrency=check_concurrency(where, merged.get("concurrency")),
         ))
     return specs
 
@@ -322,8 +335,21 @@ def apply_runtime_attributes(
                                               spec.max_jobs_per_process),
             worker_backend=override.get("worker_backend", spec.worker_backend),
             max_rss_mb=override.get("max_rss_mb", spec.max_rss_mb),
+            concurrency=override.get("concurrency", spec.concurrency),
         ))
     return result
+
+
+def check_backends(specs: Sequence[JobSpec], default_backend: str,
+                   error: ConfigErrorFactory) -> None:
+    """Slots need the native backend (pygearman holds one job per worker): a job with
+    `concurrency` > 1 on pygearman is a mistake, told at the job's runtime attributes."""
+    for spec in specs:
+        backend = spec.worker_backend or default_backend
+        if spec.concurrency > 1 and backend != "native":
+            raise error(("job_runtime_attributes", spec.name, "concurrency"),
+                        f"job {spec.name}: concurrency {spec.concurrency} needs the native "
+                        f"worker backend (its worker_backend is {backend})")
 
 
 def load_jobs(
@@ -363,6 +389,7 @@ def load_configured(settings: Settings, wanted: Wanted | str | None = None
                           lambda path: options_for(settings, path), settings.error,
                           wanted if wanted is not None else settings.wanted)
         specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
+        check_backends(specs, settings.worker_backend, settings.error)
         callback = (import_callback(settings.unknown_job_callback, "unknown_job_callback",
                                     settings.error)
                     if settings.unknown_job_callback else None)

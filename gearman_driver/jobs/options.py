@@ -30,6 +30,7 @@ class JobOptions:
     max_workload: int  # bytes; a larger workload is refused without being run
     timeout: float | None
     keepalive: float = DEFAULT_KEEPALIVE  # seconds: probes and connect bound, gearmand connections
+    concurrency: int = 1  # jobs one process holds at once
 
 
 def effective_options(spec: JobSpec, settings: Settings) -> JobOptions:
@@ -43,4 +44,5 @@ def effective_options(spec: JobSpec, settings: Settings) -> JobOptions:
         max_workload=settings.max_workload_mb * MIB,
         timeout=spec.timeout,
         keepalive=settings.keepalive,
+        concurrency=spec.concurrency,
     )

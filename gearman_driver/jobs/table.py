@@ -39,6 +39,7 @@ class MethodSpec:
     encode: Callable[[Any], Any] | None = None
     decode: Callable[[Any], Any] | None = None
     exceptions: bool = False  # a raising job sends WORK_EXCEPTION with its text, not WORK_FAIL
+    is_async: bool = False  # an `async def` method: its jobs run on the process's event loop
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class JobSpec:
     max_jobs_per_process: int | None = None
     max_rss_mb: float | None = None  # from job_runtime_attributes; None: the top-level value
     worker_backend: str | None = None
+    concurrency: int = 1  # jobs one process holds at once (slots)
 
     @cached_property  # read for every job each turn: with hundreds of jobs, worth keeping
     def functions(self) -> tuple[str, ...]:

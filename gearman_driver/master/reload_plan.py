@@ -18,11 +18,16 @@ from dataclasses import dataclass
 from gearman_driver.api import Worker
 from gearman_driver.config.settings import Settings, options_for
 from gearman_driver.jobs.codestamp import CodeStamp, changes
-from gearman_driver.jobs.loader import apply_runtime_attributes, build_worker, job_specs
+from gearman_driver.jobs.loader import (
+    apply_runtime_attributes,
+    build_worker,
+    check_backends,
+    job_specs,
+)
 from gearman_driver.jobs.table import JobSpec, JobTable, LoadError
 
 #: A job's own settings its processes are started with (a change rolls the job) ...
-CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend", "max_rss_mb")
+CHILD_SIDE_ATTRIBUTES = ("max_jobs_per_process", "worker_backend", "max_rss_mb", "concurrency")
 #: ... and the top-level ones (a change rolls every job).
 CHILD_SIDE_SETTINGS = ("worker_backend", "max_jobs_per_process", "max_jobs_jitter",
                        "max_rss_mb", "max_workload_mb")
@@ -115,6 +120,7 @@ def rebuilt_specs(loaded_workers: Mapping[str, Worker], jobs: JobTable, old: Set
         raise LoadError("the new worker_options change which jobs the classes define; "
                         "restart gearman-driver to apply them")
     specs = apply_runtime_attributes(specs, new.job_runtime_attributes, new.error)
+    check_backends(specs, new.worker_backend, new.error)
     result = {spec.name: spec for spec in specs}
     for name in jobs:  # jobs added with add_job keep their spec and limits
         if name not in result:

@@ -6,9 +6,12 @@ asks `decide` what to do. Everything here is testable without a process or a ser
 
 The rule follows Gearman::Driver's observer callback: start processes only when every
 running one is busy and jobs are waiting; stop idle ones once nothing waits and they have
-idled long enough. Two things are ours: a busy process is never chosen to stop (a job in
-hand always completes), and with several drivers serving the same functions each starts
-only its share of the waiting jobs, so N drivers don't each start the whole backlog.
+idled long enough. Three things are ours: a busy process is never chosen to stop (a job in
+hand always completes); with several drivers serving the same functions each starts only
+its share of the waiting jobs, so N drivers don't each start the whole backlog; and a job
+whose processes hold several jobs at once (`concurrency`) counts slots: a process is started
+when the waiting jobs exceed the free slots, as many as the jobs beyond them need, and only a
+process whose every slot is idle may be stopped.
 """
 
 from __future__ import annotations
@@ -25,11 +28,19 @@ class ProcessFigures:
     """What the master knows about one of a job's processes."""
 
     pid: int
+    #: At least one of its slots holds a job.
     busy: bool
     #: Seconds since the process finished its last job, or since it started if it did none.
     idle_for: float
     #: Already asked to stop: it neither counts as running nor can be chosen again.
     stopping: bool = False
+    #: Jobs it can hold at once, and how many it holds now (a process of one slot: `busy`).
+    slots: int = 1
+    busy_slots: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - (self.busy_slots if self.slots > 1 else int(self.busy)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,8 @@ class JobFigures:
     #: Drivers serving this job's functions, us included. Values below 1 count as 1.
     drivers: int = 1
     max_idle_time: float = 0.0
+    #: Slots of each new process (`concurrency`).
+    concurrency: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +102,16 @@ def decide(job: JobFigures) -> Decision:
 
     remaining = running - len(stop)
     if waiting > 0:
-        # Scale up only when nobody is free to take the waiting jobs.
-        if all(p.busy for p in live) and remaining < hi:
-            # our share of the waiting jobs, up to our own room: each driver has its own max
-            wanted = min(math.ceil(waiting / drivers), hi - remaining)
-            start = max(start, wanted)
+        share = math.ceil(waiting / drivers)  # our share: each driver has its own max
+        if job.concurrency <= 1:
+            # Scale up only when nobody is free to take the waiting jobs.
+            if all(p.busy for p in live) and remaining < hi:
+                start = max(start, min(share, hi - remaining))
+        else:
+            free = sum(p.free_slots for p in live if p.pid not in stop)
+            if share > free and remaining < hi:
+                needed = math.ceil((share - free) / job.concurrency)
+                start = max(start, min(needed, hi - remaining))
     elif remaining > lo:
         for p in idle:
             if remaining <= lo:

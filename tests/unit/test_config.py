@@ -149,7 +149,8 @@ def test_unknown_key_in_job_runtime_attributes(tmp_path: Path) -> None:
     )
     assert error_of([path]) == (
         f"{path}:4:5: job_runtime_attributes.m.C.job.max_proc: unknown key (expected one of: "
-        "max_jobs_per_process, max_processes, max_rss_mb, min_processes, timeout, worker_backend)"
+        "concurrency, max_jobs_per_process, max_processes, max_rss_mb, min_processes, timeout, "
+        "worker_backend)"
     )
 
 
