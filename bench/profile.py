@@ -25,8 +25,8 @@ from bench.common import (
     progress,
 )
 from gearman_driver.child.backends import BackendHooks, GearmanJob, JobResult, backend_class
-from gearman_driver.child.process import make_runner
 from gearman_driver.child.recycle import Recycler
+from gearman_driver.child.runner import make_runner
 from gearman_driver.jobs.loader import job_specs
 from gearman_driver.jobs.table import JobSpec
 from gearman_driver.scoreboard import Scoreboard

@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 from collections.abc import Mapping
+from contextvars import ContextVar
 
 SOCKET_PATH = "/run/systemd/journal/socket"
 IDENTIFIER = "gearman-driver"
@@ -32,6 +33,10 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_
 # logged meanwhile are about that job. It only holds the pair; the handler spells the fields.
 process_fields: dict[str, str] = {}
 job_in_hand: tuple[str, bytes | str] | None = None
+#: The job in hand of a process of several slots, per task or thread (job_in_hand is the one
+#: process-wide job of a process of one slot, set on its job path at the cost of a store).
+job_context: ContextVar[tuple[str, bytes | str] | None] = ContextVar("gearman_driver_job",
+                                                                     default=None)
 
 
 def encode(fields: Mapping[str, str]) -> bytes:
@@ -65,8 +70,9 @@ class JournalHandler(logging.Handler):
             "CODE_FUNC": record.funcName or "",
             **process_fields,
         }
-        if job_in_hand is not None:
-            function, handle = job_in_hand
+        current = job_in_hand if job_in_hand is not None else job_context.get()
+        if current is not None:
+            function, handle = current
             fields["GEARMAN_FUNCTION"] = function
             fields["GEARMAN_HANDLE"] = (handle.decode("ascii", "replace")
                                         if isinstance(handle, bytes) else handle)

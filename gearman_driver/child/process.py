@@ -1,4 +1,4 @@
-"""What runs inside a forked worker process: set-up, signals, and the runner around user code.
+"""What runs inside a forked worker process: set-up, signals, the backend around the runners.
 
 The child never returns into the master's code: it ends with `os._exit`, so no atexit hook,
 buffered file or finaliser inherited from the master runs twice.
@@ -19,21 +19,19 @@ from typing import Any, NoReturn
 
 import setproctitle  # imported by the master: not once more in every child
 
-from gearman_driver import gcpolicy, journal
-from gearman_driver.api import Worker
+from gearman_driver import gcpolicy
 from gearman_driver.child.backends import (
     BackendHooks,
     GearmanJob,
-    JobResult,
-    JobRunner,
     backend_class,
 )
 from gearman_driver.child.recycle import Recycler
-from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec, MethodSpec
+from gearman_driver.child.runner import SlotCall, make_runner
+from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec
 from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 from gearman_driver.logs import LEVEL_SIGNAL, follow_level, set_process_context
 from gearman_driver.protocol import DEFAULT_MAX_PACKET
-from gearman_driver.scoreboard import SlotWriter, function_slot
+from gearman_driver.scoreboard import SlotWriter
 
 log = logging.getLogger("gearman_driver.child")
 # setproctitle moves the environment out of the way of the title on its first use: done once
@@ -59,94 +57,6 @@ def host_label() -> str:
 def client_id(master_pid: int, job_name: str, pid: int | None = None) -> str:
     """`<host>:<pid>:<master pid>:<job name>`: gearmand's `workers` then names us and our driver."""
     return f"{host_label()}:{pid or os.getpid()}:{master_pid}:{job_name.replace(' ', '_')}"
-
-
-def to_result_bytes(function: str, value: Any) -> bytes:
-    """bytes and str are sent, None is an empty result; anything else needs an encode method."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if value is None:
-        return b""
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(
-        f"{function} returned {type(value).__name__}; return bytes, str or None, "
-        f"or give the job an encode method"
-    )
-
-
-def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
-                after_job: Callable[[GearmanJob], None] | None, index: int = 0) -> JobRunner:
-    """Wraps one job method: decode, begin hook, the method, end hook, encode, scoreboard.
-    `index` is the method's place in the job, under which the scoreboard counts its jobs;
-    `after_job` (None: nothing to do) runs once the job is over, before its result is sent.
-
-    Whatever raises fails the job with a plain WORK_FAIL, which every client understands
-    (`sys.exit()` and KeyboardInterrupt too: counted and answered as the failures they are,
-    and the process goes on, as after any exception);
-    the exception text goes only to the log and the scoreboard, and to the client as
-    WORK_EXCEPTION only for a job that opted in (docs/protocol.md says why).
-
-    Runs on every job: each step the job does not need (no decode, no hooks, nothing after
-    the job) is skipped rather than called, and the journal's job context
-    (`journal.job_in_hand`) is set in place.
-    """
-    worker = spec.worker
-    body, encode, decode, function = method.body, method.encode, method.decode, method.function
-    index = function_slot(index)
-    exceptions = method.exceptions
-    begin, end = _hook(worker, "begin"), _hook(worker, "end")
-    started, finished = writer.job_started, writer.job_finished
-    context = journal
-    new_result = tuple.__new__
-
-    def run(job: GearmanJob) -> JobResult:
-        handle = job.handle
-        started(handle)
-        context.job_in_hand = (function, handle)
-        error: str | None = None
-        try:
-            workload = decode(job.workload) if decode else job.workload
-            if begin is not None:
-                begin(job, workload)
-            if end is None:
-                result = body(job, workload)
-            else:
-                try:
-                    result = body(job, workload)
-                finally:
-                    end(job, workload)
-            if encode:
-                result = encode(result)
-            if type(result) is not bytes:
-                result = to_result_bytes(function, result)
-            return new_result(JobResult, ("complete", result))  # JobResult(...) costs 2x
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: the job failed
-            error = f"{type(exc).__name__}: {exc}"
-            log.exception("job %s (handle %s) failed: %s", function,
-                          handle.decode("ascii", "replace"), error)
-            if exceptions:
-                return JobResult("exception", error.encode("utf-8", "replace"))
-            return JobResult("fail")
-        finally:
-            context.job_in_hand = None
-            finished(error, index)
-            if after_job is not None:
-                after_job(job)
-
-    return run
-
-
-def _hook(worker: Any, name: str) -> Callable[[GearmanJob, Any], None] | None:
-    """The worker's begin/end hook, or None when its class keeps Worker's empty one: the job
-    path then skips a call that would do nothing."""
-    hook = getattr(worker, name)
-    if getattr(type(worker), name, None) is getattr(Worker, name) and \
-            name not in getattr(worker, "__dict__", {}):
-        return None
-    return hook
 
 
 def _load_prctl() -> Any:
@@ -266,18 +176,25 @@ def run_child(
             registered.discard(server)
             writer.set_registered(len(registered))
 
-        runners = {m.function: make_runner(spec, m, writer, after_job, index)
-                   for index, m in enumerate(spec.methods)}
-        backend = backend_class(backend_name)(
-            servers,
-            client_id(master_pid, spec.name, pid),
-            runners,
-            BackendHooks(should_stop=lambda: stop[0], on_registered=on_registered,
-                         on_disconnected=on_disconnected, wakeup_fd=wakeup_read,
-                         on_result_sent=writer.result_sent),
-            max_workload=max_workload,
-            keepalive=keepalive,
-        )
+        hooks = BackendHooks(should_stop=lambda: stop[0], on_registered=on_registered,
+                             on_disconnected=on_disconnected, wakeup_fd=wakeup_read,
+                             on_result_sent=writer.result_sent)
+        backend: Any
+        if spec.slotted:  # several jobs at once, or async methods: the slots backend
+            from gearman_driver.child.backends.slots import SlotsBackend  # the master's import
+
+            calls = {m.function: SlotCall(spec, m, index) for index, m in enumerate(spec.methods)}
+            backend = SlotsBackend(servers, client_id(master_pid, spec.name, pid), calls, hooks,
+                                   concurrency=spec.concurrency, board=writer,
+                                   after_job=after_job, max_workload=max_workload,
+                                   keepalive=keepalive)
+        else:
+            runners = {m.function: make_runner(spec, m, writer, after_job, index)
+                       for index, m in enumerate(spec.methods)}
+            backend = backend_class(backend_name)(
+                servers, client_id(master_pid, spec.name, pid), runners, hooks,
+                max_workload=max_workload, keepalive=keepalive,
+            )
         # a process a job forks must not keep our gearmand connections open after we exit
         os.register_at_fork(after_in_child=backend.forget_connections)
 

@@ -342,14 +342,17 @@ def apply_runtime_attributes(
 
 def check_backends(specs: Sequence[JobSpec], default_backend: str,
                    error: ConfigErrorFactory) -> None:
-    """Slots need the native backend (pygearman holds one job per worker): a job with
-    `concurrency` > 1 on pygearman is a mistake, told at the job's runtime attributes."""
+    """Slots need the native backend (pygearman holds one job per worker and has no event
+    loop): a job with `concurrency` > 1 or an `async def` method on pygearman is a mistake,
+    told in one line naming the job."""
     for spec in specs:
         backend = spec.worker_backend or default_backend
-        if spec.concurrency > 1 and backend != "native":
+        if spec.slotted and backend != "native":
+            what = f"concurrency {spec.concurrency}" if spec.concurrency > 1 else \
+                "an async def method"
             raise error(("job_runtime_attributes", spec.name, "concurrency"),
-                        f"job {spec.name}: concurrency {spec.concurrency} needs the native "
-                        f"worker backend (its worker_backend is {backend})")
+                        f"job {spec.name}: {what} needs the native worker backend (its "
+                        f"worker_backend is {backend})")
 
 
 def load_jobs(

@@ -64,6 +64,12 @@ class JobSpec:
     def functions(self) -> tuple[str, ...]:
         return tuple(method.function for method in self.methods)
 
+    @cached_property
+    def slotted(self) -> bool:
+        """Its processes run the slots backend: several jobs at once, or `async def` methods
+        (an event loop even for one slot)."""
+        return self.concurrency > 1 or any(method.is_async for method in self.methods)
+
 
 @dataclass
 class Process:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gearman_driver import Worker, job, journal
-from gearman_driver.child.process import make_runner, to_result_bytes
+from gearman_driver.child.runner import make_runner, to_result_bytes
 from gearman_driver.config.settings import load_settings, options_for
 from gearman_driver.jobs.loader import (
     apply_runtime_attributes,
