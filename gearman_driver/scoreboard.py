@@ -56,6 +56,7 @@ _ERROR = struct.Struct(f"=dH{ERROR_BYTES}s")  # last_error, error_len, error
 _FINISHED = struct.Struct("=Qdd")  # jobs_done, last_end, last_end_mono
 _SENT = struct.Struct("=QB")  # delivered, state
 _BUSY_SLOTS = struct.Struct("=H")
+_SLOTS = struct.Struct("=HH")  # slots, busy_slots
 _STARTED = struct.Struct(f"=Bd{HANDLE_BYTES + 1}p")  # state, job_started, handle
 _pack_started, _pack_finished, _pack_sent = _STARTED.pack_into, _FINISHED.pack_into, \
     _SENT.pack_into
@@ -197,6 +198,12 @@ class Scoreboard:
     def busy(self, slot: int) -> bool:
         """Whether a slot's process is running a job (one byte: no torn read possible)."""
         return _STATE.unpack_from(self._mem, slot * _SLOT_SIZE + _STATE_AT)[0] == State.BUSY
+
+    def full(self, slot: int) -> bool:
+        """Whether every slot of a process holds a job (a process of one slot: `busy`)."""
+        offset = slot * _SLOT_SIZE
+        slots, busy = _SLOTS.unpack_from(self._mem, offset + _OFFSET["slots"])
+        return busy >= slots if slots > 1 else self.busy(slot)
 
     def read(self, slot: int) -> SlotView:
         offset = slot * _SLOT_SIZE

@@ -41,6 +41,7 @@ class SlotReader(Protocol):
 
     def read(self, slot: int) -> SlotView: ...
     def busy(self, slot: int) -> bool: ...
+    def full(self, slot: int) -> bool: ...
 
 
 class Autoscaler:
@@ -171,6 +172,8 @@ class Autoscaler:
         live = job.running() if live is None else live
         if not live or len(live) >= job.max_processes:
             return False
+        if job.spec.concurrency > 1:  # every slot of every process holds a job
+            return all(self.scoreboard.full(p.slot) for p in live)
         return all(self.scoreboard.busy(p.slot) for p in live)  # one byte each, no SlotView
 
     def _figures(self, job: Job, waiting: int | None, drivers: int) -> JobFigures:
@@ -181,9 +184,10 @@ class Autoscaler:
             self.processes.note_working(job, view)
             since = view.last_job_end if view.last_job_end else view.started
             processes.append(ProcessFigures(process.pid, view.state == State.BUSY,
-                                            max(0.0, wall - since), process.stopping))
+                                            max(0.0, wall - since), process.stopping,
+                                            view.slots, view.busy_slots))
         return JobFigures(job.name, job.min_processes, job.max_processes, processes, waiting,
-                          drivers, self.settings.max_idle_time)
+                          drivers, self.settings.max_idle_time, job.spec.concurrency)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         """Functions with queued jobs that no job of ours serves: callback, or warn once."""

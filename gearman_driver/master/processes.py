@@ -286,7 +286,7 @@ class ProcessManager:
                 continue
             job = self.jobs[process.job]
             timeout = job.spec.timeout
-            if timeout and not process.kill_at:
+            if timeout and not process.kill_at and not job.spec.slotted:  # slots time their own
                 view = self.scoreboard.read(process.slot)
                 if view.busy and wall - view.job_started > timeout:
                     functions = job.spec.functions  # a process group's: which one is unknown

@@ -33,6 +33,10 @@ class FakeScoreboard:
     def busy(self, slot: int) -> bool:
         return self.views[slot].busy
 
+    def full(self, slot: int) -> bool:
+        view = self.views[slot]
+        return view.busy_slots >= view.slots if view.slots > 1 else view.busy
+
 
 @dataclass
 class FakeProcesses:
