@@ -163,11 +163,12 @@ class Scoreboard:
         self._free = list(range(size - 1, -1, -1))
 
     # -- master side ------------------------------------------------------------------------
-    def allocate(self, pid_placeholder: int = 0) -> int:
-        """Reserve a free slot for a process about to be forked; IndexError when full."""
+    def allocate(self, pid_placeholder: int = 0, slots: int = 1) -> int:
+        """Reserve a free slot for a process about to be forked, which holds `slots` jobs at
+        once; IndexError when full."""
         slot = self._free.pop()
         self._write(slot, pid_placeholder, State.STARTING, 0, 0, 0, time.time(),
-                    0.0, 0.0, 0.0, 0.0, b"", b"", 1)
+                    0.0, 0.0, 0.0, 0.0, b"", b"", slots)
         return slot
 
     def release(self, slot: int) -> None:
@@ -324,11 +325,6 @@ class SlotWriter:
         seq_v[0] = self._seq = (self._seq + 2) & 0xFFFFFFFF
 
     # -- a process of several slots: the same three writes per job, counted by slot ----------
-    def set_slots(self, slots: int) -> None:
-        base = self._begin()
-        struct.pack_into("=H", self._mem, base + _OFFSET["slots"], slots)
-        self._end()
-
     def slot_started(self, handle: bytes = b"") -> float:
         """One more slot holds a job; returns when it began (monotonic), for slot_finished."""
         self.busy_slots += 1

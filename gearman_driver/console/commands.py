@@ -18,6 +18,8 @@ from gearman_driver.console.replies import (
     JobRow,
     ProcessRow,
     ServerRow,
+    format_job_slots,
+    format_process_slots,
     format_processes,
     format_servers,
     format_show,
@@ -202,6 +204,18 @@ def cmd_servers(ctl: Controller, args: list[str]) -> Reply:
     return Reply(tuple(format_servers(ctl.server_rows())))
 
 
+def cmd_slots(ctl: Controller, args: list[str]) -> Reply:
+    """Slots (jobs a process holds at once) and busy slots: per job, or per process of one
+    job (gearman-driver's own; `status` stays Gearman::Driver's)."""
+    if len(args) > 1:
+        raise CommandError("invalid_value", "usage: slots [<job>]")
+    if args:
+        row = _job_row(ctl, args[0])
+        return Reply(tuple(format_process_slots(ctl.process_rows(row.name))))
+    return Reply(tuple(format_job_slots([(row.name, ctl.process_rows(row.name))
+                                         for row in ctl.job_rows()])))
+
+
 def cmd_set_min_processes(ctl: Controller, args: list[str]) -> Reply:
     name, value = _args("set_min_processes", args, 2)
     row = _job_row(ctl, name)
@@ -284,6 +298,8 @@ COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "show": (cmd_show, "show <job>", "a job's status line, then its pids one per line"),
     "ps": (cmd_ps, "ps <job>", "a job's processes: pid state jobs_done idle_secs"),
     "servers": (cmd_servers, "servers", "each gearmand: host:port up|down|unknown processes"),
+    "slots": (cmd_slots, "slots [<job>]",
+              "per job: processes slots busy_slots; with a job, per process: pid slots busy"),
     "set_min_processes": (
         cmd_set_min_processes, "set_min_processes <job> <n>", "set a job's minimum processes"
     ),

@@ -57,7 +57,8 @@ class DriverControl:
             view = self.scoreboard.read(self.jobs[job].processes[pid].slot)
             idle_for = None if view.state == State.BUSY or not view.last_job_end \
                 else max(0.0, now - view.last_job_end)
-            rows.append(ProcessRow(pid, view.state == State.BUSY, view.jobs_done, idle_for))
+            rows.append(ProcessRow(pid, view.state == State.BUSY, view.jobs_done, idle_for,
+                                   view.slots, view.jobs_in_hand))
         return rows
 
     def server_rows(self) -> Sequence[ServerRow]:

@@ -8,8 +8,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["JobRow", "ProcessRow", "ServerRow", "format_processes", "format_servers",
-           "format_show", "format_status", "iso_utc", "printable_line"]
+__all__ = ["JobRow", "ProcessRow", "ServerRow", "format_job_slots", "format_processes",
+           "format_process_slots", "format_servers", "format_show", "format_status", "iso_utc",
+           "printable_line"]
 
 NEVER = "1970-01-01T00:00:00"
 
@@ -35,6 +36,8 @@ class ProcessRow:
     busy: bool
     jobs_done: int
     idle_for: float | None
+    slots: int = 1  # jobs it can hold at once (the job's concurrency)
+    busy_slots: int = 0  # jobs it holds now
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +131,28 @@ def format_servers(rows: Sequence[ServerRow]) -> list[str]:
         return []
     widths = [max(len(c[i]) for c in cells) for i in range(2)]
     return [f"{c[0].ljust(widths[0])}  {c[1].ljust(widths[1])}  {c[2]}" for c in cells]
+
+
+def _columns(cells: list[list[str]]) -> list[str]:
+    """The first column left-aligned, the others right-aligned, two spaces apart."""
+    if not cells:
+        return []
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    return ["  ".join([c[0].ljust(widths[0]), *(c[i].rjust(widths[i])
+                                                 for i in range(1, len(c)))]).rstrip()
+            for c in cells]
+
+
+def format_job_slots(jobs: Sequence[tuple[str, Sequence[ProcessRow]]]) -> list[str]:
+    """``slots``: per job (sorted by name) its processes, their slots, and how many of those
+    hold a job now."""
+    cells = [[printable_line(name), str(len(rows)), str(sum(r.slots for r in rows)),
+              str(sum(r.busy_slots for r in rows))]
+             for name, rows in sorted(jobs, key=lambda item: item[0])]
+    return _columns(cells)
+
+
+def format_process_slots(rows: Sequence[ProcessRow]) -> list[str]:
+    """``slots <job>``: per process (by pid) its slots and how many hold a job now."""
+    return _columns([[str(r.pid), str(r.slots), str(r.busy_slots)]
+                     for r in sorted(rows, key=lambda r: r.pid)])

@@ -40,6 +40,7 @@ __all__ = ["DriverCollector", "MetricsSource", "ProcessMemory", "exposition", "m
 
 _BOUNDS = tuple(f"{bound:g}" for bound in DURATION_BUCKETS) + ("+Inf",)
 _PROCESSES, _BUSY = "gearman_driver_processes", "gearman_driver_processes_busy"
+_SLOTS, _SLOTS_BUSY = "gearman_driver_slots", "gearman_driver_slots_busy"
 _MIN, _MAX = "gearman_driver_min_processes", "gearman_driver_max_processes"
 _DONE = "gearman_driver_jobs_total"
 _DURATION = "gearman_driver_job_duration_seconds"
@@ -139,6 +140,10 @@ class DriverCollector(Collector):
         label = ["job_name"]
         processes = GaugeMetricFamily(_PROCESSES, "Processes of the job", labels=label)
         busy = GaugeMetricFamily(_BUSY, "Processes of the job running a job now", labels=label)
+        slots = GaugeMetricFamily(_SLOTS, "Jobs the job's processes can hold at once "
+                                  "(processes times concurrency)", labels=label)
+        slots_busy = GaugeMetricFamily(_SLOTS_BUSY, "Jobs the job's processes hold now",
+                                       labels=label)
         low = GaugeMetricFamily(_MIN, "The job's min_processes", labels=label)
         high = GaugeMetricFamily(_MAX, "The job's max_processes", labels=label)
         done = CounterMetricFamily(_DONE,
@@ -157,16 +162,25 @@ class DriverCollector(Collector):
         for name, job in jobs.items():
             labels = self._labels_of(name, job.spec)
             n_busy = 0
+            n_slots, n_in_hand = len(job.processes), 0  # a process of one slot: itself
             rows: list[Sequence[float]] = [job.counters.values]
             if board is not None:
                 for process in job.processes.values():
                     n_busy += board.busy(process.slot)
                     rows.append(board.counters(process.slot))
+                if job.spec.concurrency > 1:
+                    views = [board.read(p.slot) for p in job.processes.values()]
+                    n_slots = sum(view.slots for view in views)
+                    n_in_hand = sum(view.jobs_in_hand for view in views)
+                else:
+                    n_in_hand = n_busy
             # Summed up to the last function of the job: the rest of the slot is unused.
             totals = Counters(list(map(sum, islice(zip(*rows, strict=True), labels.width))))
             one = labels.job
             processes.add_sample(_PROCESSES, one, len(job.processes))
             busy.add_sample(_BUSY, one, n_busy)
+            slots.add_sample(_SLOTS, one, n_slots)
+            slots_busy.add_sample(_SLOTS_BUSY, one, n_in_hand)
             low.add_sample(_MIN, one, job.min_processes)
             high.add_sample(_MAX, one, job.max_processes)
             for outcome, count in zip(labels.outcomes, totals.outcomes, strict=True):
@@ -182,8 +196,8 @@ class DriverCollector(Collector):
             counts = job.recycled_total  # every reason from zero, so that rate() sees the first
             for reason, reason_labels in zip(RECYCLED_FOR, labels.recycled, strict=True):
                 recycled.add_sample(_RECYCLED, reason_labels, counts.get(reason, 0))
-        yield from (processes, busy, low, high, done, durations, starts, failed, timeouts,
-                    recycled)
+        yield from (processes, busy, slots, slots_busy, low, high, done, durations, starts,
+                    failed, timeouts, recycled)
 
     def _labels_of(self, name: str, spec: JobSpec) -> _JobLabels:
         cached = self._labels.get(name)

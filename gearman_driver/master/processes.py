@@ -229,7 +229,7 @@ class ProcessManager:
             limit, jitter = options.max_jobs, options.max_jobs_jitter
             for _ in range(request.number):
                 try:
-                    slot = self.scoreboard.allocate()
+                    slot = self.scoreboard.allocate(slots=options.concurrency)
                 except IndexError:
                     return planned, request.job
                 max_jobs = limit + (random.randint(0, jitter) if limit and jitter else 0)

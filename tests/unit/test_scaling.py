@@ -162,3 +162,51 @@ def test_decide_invariants(figures: JobFigures) -> None:
         assert running - len(d.stop) >= min(figures.min_processes, running)
         assert d.start == 0
     assert after >= min(figures.min_processes, figures.max_processes)
+
+
+# -- processes of several slots (concurrency) ------------------------------------------------
+
+def slotted(pid: int, busy_slots: int, slots: int = 10, idle_for: float = 100.0
+            ) -> ProcessFigures:
+    return ProcessFigures(pid=pid, busy=busy_slots > 0, idle_for=idle_for, slots=slots,
+                          busy_slots=busy_slots)
+
+
+def slots_job(procs: list[ProcessFigures], waiting: int | None, hi: int = 4,
+              drivers: int = 1) -> JobFigures:
+    return JobFigures(name="s", min_processes=1, max_processes=hi, processes=procs,
+                      waiting=waiting, drivers=drivers, max_idle_time=30.0, concurrency=10)
+
+
+def test_waiting_jobs_within_the_free_slots_start_nothing() -> None:
+    assert decide(slots_job([slotted(1, busy_slots=3)], waiting=7)) == Decision()
+
+
+def test_jobs_beyond_the_free_slots_start_the_processes_their_slots_need() -> None:
+    # 3 free slots, 200 waiting: 197 more need 20 processes of 10; room for 3
+    assert decide(slots_job([slotted(1, busy_slots=7)], waiting=200)).start == 3
+    # 3 free, 15 waiting: 12 more need 2 processes
+    assert decide(slots_job([slotted(1, busy_slots=7)], waiting=15)).start == 2
+    # with two drivers each takes half: 100 - 3 free -> 10 processes, room for 3
+    assert decide(slots_job([slotted(1, busy_slots=7)], waiting=200, drivers=2)).start == 3
+
+
+def test_a_process_with_one_busy_slot_is_never_stopped() -> None:
+    procs = [slotted(1, busy_slots=0), slotted(2, busy_slots=1), slotted(3, busy_slots=0)]
+    decision = decide(slots_job(procs, waiting=0))
+    assert 2 not in decision.stop and sorted(decision.stop) == [1, 3][:len(decision.stop)]
+    assert len(decision.stop) == 2  # down to min 1: the busy one stays
+
+
+@given(st.lists(st.tuples(st.integers(0, 10), st.floats(0, 1000)), min_size=0, max_size=6),
+       st.one_of(st.none(), st.integers(0, 500)), st.integers(1, 3))
+def test_slots_invariants(procs: list[tuple[int, float]], waiting: int | None,
+                          drivers: int) -> None:
+    figures = [slotted(i + 1, b, idle_for=t) for i, (b, t) in enumerate(procs)]
+    decision = decide(slots_job(figures, waiting, hi=6, drivers=drivers))
+    busy_pids = {p.pid for p in figures if p.busy_slots}
+    assert not busy_pids & set(decision.stop)  # a process with a job in hand never stops
+    assert len(figures) - len(decision.stop) + decision.start <= 6
+    free = sum(p.slots - p.busy_slots for p in figures)
+    if waiting is not None and decision.start > max(0, 1 - len(figures)):
+        assert waiting > free  # started only for jobs no free slot could take

@@ -83,7 +83,6 @@ class SlotRunner(Protocol):
 class SlotBoard(Protocol):
     """The scoreboard writes of a process of several slots (scoreboard.SlotWriter's)."""
 
-    def set_slots(self, slots: int) -> None: ...
     def slot_started(self, handle: bytes = b"") -> float: ...
     def slot_finished(self, started: float, error: str | None = None,
                       function: int = 0) -> None: ...
@@ -220,7 +219,6 @@ class SlotsBackend:
         ]
         if any(not runner.is_async for runner in self.runners.values()):
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="slot")
-        self.board.set_slots(self.concurrency)
         if self.hooks.wakeup_fd is not None:
             loop.add_reader(self.hooks.wakeup_fd, self._on_signal)
         loop.call_soon(self._tick)
