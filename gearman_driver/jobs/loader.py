@@ -341,18 +341,23 @@ def apply_runtime_attributes(
 
 
 def check_backends(specs: Sequence[JobSpec], default_backend: str,
-                   error: ConfigErrorFactory) -> None:
+                   runtime: Mapping[str, Mapping[str, Any]], error: ConfigErrorFactory) -> None:
     """Slots need the native backend (pygearman holds one job per worker and has no event
     loop): a job with `concurrency` > 1 or an `async def` method on pygearman is a mistake,
-    told in one line naming the job."""
+    told in one line naming the job, at the setting that chose pygearman for it."""
     for spec in specs:
         backend = spec.worker_backend or default_backend
         if spec.slotted and backend != "native":
             what = f"concurrency {spec.concurrency}" if spec.concurrency > 1 else \
                 "an async def method"
-            raise error(("job_runtime_attributes", spec.name, "concurrency"),
-                        f"job {spec.name}: {what} needs the native worker backend (its "
-                        f"worker_backend is {backend})")
+            own = runtime.get(spec.name, {})
+            key: tuple[str, ...] = ("worker_backend",)
+            if "worker_backend" in own:
+                key = ("job_runtime_attributes", spec.name, "worker_backend")
+            elif "concurrency" in own:
+                key = ("job_runtime_attributes", spec.name, "concurrency")
+            raise error(key, f"job {spec.name}: {what} needs the native worker backend, "
+                             f"not {backend}")
 
 
 def load_jobs(
@@ -392,7 +397,8 @@ def load_configured(settings: Settings, wanted: Wanted | str | None = None
                           lambda path: options_for(settings, path), settings.error,
                           wanted if wanted is not None else settings.wanted)
         specs = apply_runtime_attributes(specs, settings.job_runtime_attributes, settings.error)
-        check_backends(specs, settings.worker_backend, settings.error)
+        check_backends(specs, settings.worker_backend, settings.job_runtime_attributes,
+                       settings.error)
         callback = (import_callback(settings.unknown_job_callback, "unknown_job_callback",
                                     settings.error)
                     if settings.unknown_job_callback else None)

@@ -120,7 +120,7 @@ def rebuilt_specs(loaded_workers: Mapping[str, Worker], jobs: JobTable, old: Set
         raise LoadError("the new worker_options change which jobs the classes define; "
                         "restart gearman-driver to apply them")
     specs = apply_runtime_attributes(specs, new.job_runtime_attributes, new.error)
-    check_backends(specs, new.worker_backend, new.error)
+    check_backends(specs, new.worker_backend, new.job_runtime_attributes, new.error)
     result = {spec.name: spec for spec in specs}
     for name in jobs:  # jobs added with add_job keep their spec and limits
         if name not in result:
