@@ -24,6 +24,7 @@ from bench import (
     reaction,
     report,
     scale,
+    slots,
     startup,
     throughput,
 )
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "scale": scale.run,
     "footprint": footprint.run,
     "network": network.run,
+    "slots": slots.run,
 }
 
 

@@ -26,7 +26,7 @@ from gearman_driver.child.backends import (
     backend_class,
 )
 from gearman_driver.child.recycle import Recycler
-from gearman_driver.child.runner import SlotCall, make_runner
+from gearman_driver.child.runner import make_runner
 from gearman_driver.jobs.table import USER_CODE_ERRORS, JobSpec
 from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 from gearman_driver.logs import LEVEL_SIGNAL, follow_level, set_process_context
@@ -182,6 +182,7 @@ def run_child(
         backend: Any
         if spec.slotted:  # several jobs at once, or async methods: the slots backend
             from gearman_driver.child.backends.slots import SlotsBackend  # the master's import
+            from gearman_driver.child.slot_runner import SlotCall
 
             calls = {m.function: SlotCall(spec, m, index) for index, m in enumerate(spec.methods)}
             backend = SlotsBackend(servers, client_id(master_pid, spec.name, pid), calls, hooks,

@@ -1,15 +1,14 @@
 """The runner around a job method: Gearman::Driver's Job::Method.
 
 decode, the worker's `begin` hook, the user's method, `end`, `encode`, the result as bytes,
-every failure turned into the result the client gets, and the scoreboard's accounting: for a
-process of one slot in one function (`make_runner`, the job path whose every step is
-measured), and for the slots of a process that holds several jobs at once (`SlotCall`).
+every failure turned into the result the client gets, and the scoreboard's accounting, for a
+process of one slot: the job path, whose every step is measured. The slots of a process that
+holds several jobs at once have theirs in slot_runner.py (which imports asyncio: only such a
+job's processes and their master pay for it).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +58,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     body, encode, decode, function = method.body, method.encode, method.decode, method.function
     index = function_slot(index)
     exceptions = method.exceptions
-    begin, end = _hook(worker, "begin"), _hook(worker, "end")
+    begin, end = worker_hook(worker, "begin"), worker_hook(worker, "end")
     started, finished = writer.job_started, writer.job_finished
     context = journal
     new_result = tuple.__new__
@@ -101,7 +100,7 @@ def make_runner(spec: JobSpec, method: MethodSpec, writer: SlotWriter,
     return run
 
 
-def _hook(worker: Any, name: str) -> Callable[[GearmanJob, Any], None] | None:
+def worker_hook(worker: Any, name: str) -> Callable[[GearmanJob, Any], None] | None:
     """The worker's begin/end hook, or None when its class keeps Worker's empty one: the job
     path then skips a call that would do nothing."""
     hook = getattr(worker, name)
@@ -109,90 +108,3 @@ def _hook(worker: Any, name: str) -> Callable[[GearmanJob, Any], None] | None:
             name not in getattr(worker, "__dict__", {}):
         return None
     return hook
-
-
-class SlotCall:
-    """One function of a job whose processes hold several jobs at once: its user code run as
-    a task of the process's event loop (`async def`) or in one of its threads, and the outcome
-    as the JobResult the client gets, with the error text for the scoreboard. The scoreboard
-    and the connection are the slots backend's (child/backends/slots.py); decode, the hooks,
-    encode and the failures keep make_runner's meaning, per job."""
-
-    def __init__(self, spec: JobSpec, method: MethodSpec, index: int = 0) -> None:
-        self.function = method.function
-        self.index = function_slot(index)
-        self.is_async = method.is_async
-        self.timeout = spec.timeout
-        self._method = method
-        self._begin, self._end = _hook(spec.worker, "begin"), _hook(spec.worker, "end")
-
-    def run(self, job: GearmanJob) -> tuple[JobResult, str | None]:
-        """A plain method, in a thread of the pool."""
-        token = journal.job_context.set((self.function, job.handle))
-        try:
-            method = self._method
-            workload = method.decode(job.workload) if method.decode else job.workload
-            if self._begin is not None:
-                self._begin(job, workload)
-            try:
-                result = method.body(job, workload)
-            finally:
-                if self._end is not None:
-                    self._end(job, workload)
-            return self._complete(result), None
-        except BaseException as exc:  # as make_runner: the job fails, the process goes on
-            return self._failed(job, exc)
-        finally:
-            journal.job_context.reset(token)
-
-    async def run_async(self, job: GearmanJob) -> tuple[JobResult, str | None]:
-        """An `async def` method, as a task of the loop; cancelled past the job's timeout."""
-        journal.job_context.set((self.function, job.handle))  # the task's own context
-        method = self._method
-        deadline = asyncio.timeout(self.timeout)  # None: no limit
-        try:
-            workload = method.decode(job.workload) if method.decode else job.workload
-            if self._begin is not None:
-                await _maybe_await(self._begin(job, workload))
-            try:
-                async with deadline:
-                    result = await method.body(job, workload)
-            finally:
-                if self._end is not None:
-                    await _maybe_await(self._end(job, workload))
-            return self._complete(result), None
-        except TimeoutError as exc:
-            if deadline.expired():
-                return self.timed_out(job)
-            return self._failed(job, exc)  # the job's own, e.g. a socket's time-out
-        except BaseException as exc:  # CancelledError too: the job did not complete
-            return self._failed(job, exc)
-
-    def timed_out(self, job: GearmanJob) -> tuple[JobResult, str]:
-        """The job ran past its timeout: it fails (a thread's job is abandoned, not stopped)."""
-        error = f"timed out after {self.timeout:g}s"
-        log.error("job %s (handle %s) failed: %s", self.function,
-                  job.handle.decode("ascii", "replace"), error)
-        return JobResult("fail"), error
-
-    def _complete(self, result: Any) -> JobResult:
-        if self._method.encode:
-            result = self._method.encode(result)
-        if type(result) is not bytes:
-            result = to_result_bytes(self.function, result)
-        return JobResult("complete", result)
-
-    def _failed(self, job: GearmanJob, exc: BaseException) -> tuple[JobResult, str]:
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("job %s (handle %s) failed: %s", self.function,
-                  job.handle.decode("ascii", "replace"), error, exc_info=exc)
-        if self._method.exceptions:
-            return JobResult("exception", error.encode("utf-8", "replace")), error
-        return JobResult("fail"), error
-
-
-async def _maybe_await(value: Any) -> Any:
-    """A hook may be a coroutine function for an async job: wait for it then."""
-    if inspect.isawaitable(value):
-        return await value
-    return value

@@ -157,8 +157,9 @@ class Driver:
         self.load()
         for name in {self.options(job).backend for job in self.jobs.values()}:
             backend_class(name)  # imported once here, shared by every child, not once per child
-        if any(job.spec.slotted for job in self.jobs.values()):
-            import gearman_driver.child.backends.slots  # noqa: F401  asyncio, threads: the same
+        if any(job.spec.slotted for job in self.jobs.values()):  # asyncio, threads: the same
+            import gearman_driver.child.backends.slots  # noqa: F401
+            import gearman_driver.child.slot_runner  # noqa: F401
         self._open()
         log.info("gearman-driver %s started (pid %d): %d jobs, servers %s, config %s",
                  __version__, os.getpid(), len(self.jobs), self.settings.server_string,

@@ -72,6 +72,18 @@ def test_an_async_job_holds_its_concurrency_in_one_process_and_no_more(
     assert driver.children() == [pid]  # one process held them all
 
 
+def test_waiting_jobs_survive_a_garbage_collection(
+        gearmand: int, driver_factory: Callable[..., DriverProcess]) -> None:
+    """The event loop refers to tasks only weakly: a collection while 49 jobs wait must not
+    destroy them ("Task was destroyed but it is pending")."""
+    driver = driver_factory(gearmand, {**SLOTS, "job_runtime_attributes": off("sl.aio")})
+    assert driver.wait_registered("sl.wait", 1)
+    outcomes = submit_all(gearmand, "sl.wait", [b"1"] * 49 + [b"gc"])
+    assert [o.final for o in outcomes] == ["complete"] * 50
+    assert outcomes[-1].result == b"collected"
+    assert "Task was destroyed" not in driver.log()
+
+
 def test_blocking_jobs_run_on_as_many_threads_as_slots(
         gearmand: int, driver_factory: Callable[..., DriverProcess]) -> None:
     driver = driver_factory(gearmand, {**SLOTS, "job_runtime_attributes": off("sl.threads")})

@@ -136,6 +136,9 @@ class _InHand:
     started: float
     abandoned: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # the task or future running it: the loop holds tasks only weakly, and a pending task
+    # nothing else refers to is collected mid-job ("Task was destroyed but it is pending")
+    running: asyncio.Future[Any] | None = field(default=None, repr=False)
 
 
 class SlotJob(GearmanJob):
@@ -425,15 +428,20 @@ class SlotsBackend:
         self._in_hand.add(slot)
         assert self._loop is not None
         if runner.is_async:
-            task = self._loop.create_task(runner.run_async(job))
-            task.add_done_callback(lambda done: self._finished(slot, *done.result()))
+            slot.running = self._loop.create_task(runner.run_async(job))
         else:
             assert self._pool is not None
-            future = self._loop.run_in_executor(self._pool, runner.run, job)
-            future.add_done_callback(lambda done: self._finished(slot, *done.result()))
+            slot.running = self._loop.run_in_executor(self._pool, runner.run, job)
             if runner.timeout:
                 slot.timer = self._loop.call_later(runner.timeout, self._thread_timed_out, slot)
+        slot.running.add_done_callback(lambda done: self._on_done(slot, done))
         self._grab_next()
+
+    def _on_done(self, slot: _InHand, done: asyncio.Future[Any]) -> None:
+        if done.cancelled():  # only at shutdown: the pool's queued work is dropped
+            self._in_hand.discard(slot)
+            return
+        self._finished(slot, *done.result())
 
     def _thread_timed_out(self, slot: _InHand) -> None:
         """A thread's job ran past its timeout: fail it now; the thread cannot be stopped, so

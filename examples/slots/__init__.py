@@ -1,0 +1,1 @@
+"""Workers whose processes hold many jobs at once (`concurrency`): see docs/concurrency.md."""
