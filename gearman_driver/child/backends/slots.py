@@ -4,9 +4,12 @@ One connection per server, as for a process of one slot: gearmand keeps a list o
 worker connection, so one connection can hold every slot's job. Idle slots cost nothing per
 submitted job: the process sleeps (PRE_SLEEP) on each connection and gearmand wakes it once
 (NOOP), not once per slot as it would wake one connection per slot (docs/concurrency.md has
-the figures of that thundering herd). Nothing is taken that no slot is free for: at most one
-GRAB_JOB_UNIQ is outstanding, and only while a slot is free; after a job is assigned the next
-grab goes out at once if another slot is free, else when one frees.
+the figures of that thundering herd). Nothing is taken that no slot is free for: a GRAB_JOB_UNIQ
+goes out only for a free slot, on one connection at a time. After a wake-up one grab goes out;
+each job assigned doubles how many may be outstanding (up to the free slots), so a burst fills
+200 slots in 8 round trips rather than 200, while a trickle costs a grab or two per job; a
+NO_JOB brings it back to one, and once every grab of the round is answered the connection
+sleeps.
 
 The loop is asyncio's: the connections' sockets are watched through it (`LoopSelector`), an
 `async def` method's jobs are its tasks, a plain method's jobs run on a pool of `concurrency`
@@ -194,7 +197,10 @@ class SlotsBackend:
         self._conns: list[ServerConnection] = []
         self._lives: dict[int, int] = {}  # id(conn) -> how many times it (re)connected
         self._ready: deque[ServerConnection] = deque()
-        self._grabbing: ServerConnection | None = None
+        self._grabbing: ServerConnection | None = None  # the connection grabs went out on
+        self._grabs = 0  # grabs outstanding on it
+        self._window = 1  # how many may be (doubled by each job assigned, 1 after a NO_JOB)
+        self._empty = False  # a NO_JOB came in this round: sleep once every grab is answered
         self._in_hand: set[_InHand] = set()
         self._stopping = False
         self._echo_seq = 0
@@ -315,7 +321,7 @@ class SlotsBackend:
             return
         log.log(level, "closing connection to %s: %s", conn.label, reason)
         if self._grabbing is conn:
-            self._grabbing = None
+            self._grabbing, self._grabs = None, 0
         in_hand = sum(1 for slot in self._in_hand if slot.conn is conn and not slot.abandoned)
         if in_hand:
             log.warning("%d jobs in hand came over the connection to %s: gearmand gives them "
@@ -360,8 +366,9 @@ class SlotsBackend:
                 self._enqueue(conn)
                 self._grab_next()
         elif cmd == Cmd.NO_JOB:
-            if self._grabbing is conn:
-                self._grabbing = None
+            self._window, self._empty = 1, True
+            if not self._answered(conn):
+                return  # more answers of this round to come
             if self._stopping:
                 conn.state = READY
                 self._maybe_done()
@@ -387,28 +394,47 @@ class SlotsBackend:
             conn.queued = True
             self._ready.append(conn)
 
+    def _answered(self, conn: ServerConnection) -> bool:
+        """One grab on `conn` was answered; True once every grab of its round was."""
+        if self._grabbing is not conn:
+            return True
+        self._grabs -= 1
+        if self._grabs > 0:
+            return False
+        self._grabbing = None
+        return True
+
     def _grab_next(self) -> None:
-        """One GRAB_JOB_UNIQ at a time, and only while a slot is free for its answer."""
-        if self._grabbing is not None or self._stopping or \
-                len(self._in_hand) >= self.concurrency:
+        """Grabs for free slots only, on one connection at a time, as many as the window
+        allows (see the module docstring)."""
+        if self._stopping:
             return
-        while self._ready:
+        free = self.concurrency - len(self._in_hand) - self._grabs
+        if self._grabbing is not None:  # top the round up after a job was assigned
+            conn = self._grabbing
+            more = min(free, self._window - self._grabs)
+            if more > 0 and not self._empty and conn.dead is None and conn.sock is not None:
+                self._grabs += more
+                conn.send(_GRAB * more)
+            return
+        while free > 0 and self._ready:
             conn = self._ready.popleft()
             conn.queued = False
             if conn.state == READY and conn.dead is None and conn.sock is not None:
                 conn.state = GRABBING
-                self._grabbing = conn
-                conn.send(_GRAB)
+                self._grabbing, self._empty = conn, False
+                self._grabs = min(free, self._window)
+                conn.send(_GRAB * self._grabs)
                 return
 
     # -- jobs ----------------------------------------------------------------------------
 
     def _assigned(self, conn: ServerConnection, handle: bytes, function: bytes, unique: bytes,
                   workload: bytes, oversize: int = 0) -> None:
-        if self._grabbing is conn:
-            self._grabbing = None
-        conn.state = READY
-        self._enqueue(conn)  # it has work: ask it again as soon as a slot is free
+        self._window = min(self._window * 2, self.concurrency)
+        if self._answered(conn):
+            conn.state = READY
+            self._enqueue(conn)  # it has work: ask it again as soon as a slot is free
         runner = self.runners.get(function)
         if oversize or len(workload) > self.max_workload or runner is None:
             if runner is None:
