@@ -110,7 +110,11 @@ WARNING = "careful é".encode()
 def test_status_data_and_warning_reach_the_client(stack: Stack, client: Client) -> None:
     """io.progress sends status 1/2, data, a warning, status 2/2, then "done"; each client
     shows what it can."""
-    outcome = client.run(stack.port, "io.progress", b"go")
+    check_progress(client, client.run(stack.port, "io.progress", b"go"))
+
+
+def check_progress(client: Client, outcome: Outcome) -> None:
+    """What each client shows of status 1/2, data, a warning, status 2/2, then "done"."""
     assert outcome.final == "complete", outcome
     if client.name == "gearman-cli":  # everything on stdout but the warning
         for part in (b"part\0one", b"done", b"50% Complete\n", b"100% Complete\n"):
