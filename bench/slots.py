@@ -13,8 +13,10 @@ Completion time (from the burst until gearmand's queue is empty) against the ide
 the jobs in whole rounds of the slots times 0.5 s; the PSS of the daemon's tree (master and
 children) idle and at its peak during the burst (sampled every 0.1 s); jobs in flight per MB.
 Then what 200 jobs in flight cost one process (its PSS with 200 in flight less its PSS idle),
-and a trickle: 300 trivial foreground jobs one after another to a job of one slot and to a job
-of 200 idle slots (gearmand wakes a process once per job, not once per idle slot).
+and a trickle: 300 trivial foreground jobs one after another to a plain job of one process, to
+an async job of one slot, to one of 200 idle slots (one process, one connection: gearmand wakes
+it once per job), and to a plain job of 200 processes (200 sleeping connections, which
+gearmand all wakes for every job: the cost of one connection per slot).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from tests.gearmand_util import TestClient, free_port, status_table, wait_for
 
 SECONDS = 0.5
 IO_JOBS = ("bench.io_process", "bench.io_thread", "bench.io_async")
-TRIVIAL = ("bench.trivial_plain", "bench.trivial_one_slot", "bench.trivial_200_slots")
+TRIVIAL = ("bench.trivial_plain", "bench.trivial_one_slot", "bench.trivial_200_slots",
+           "bench.trivial_herd")
+HERD = 200  # processes of one slot each (50 with --quick): the design slots avoid
 SETUPS = (  # key, what, job, processes, slots per process
     ("a", "processes: concurrency 1, 64 processes", "bench.io_process", 64, 1),
     ("b", "async: concurrency 200, 4 processes", "bench.io_async", 4, 200),
@@ -123,11 +127,14 @@ def trickle(ctx: Context, gearmand: int, delay: int, count: int) -> dict[str, fl
     """Seconds for `count` trivial foreground jobs one after another, per job of TRIVIAL."""
     limits = {other: (0, 0) for other in IO_JOBS}
     limits.update({job: (1, 1) for job in TRIVIAL})
+    herd = 50 if ctx.quick else HERD
+    limits["bench.trivial_herd"] = (herd, herd)
     took: dict[str, float] = {}
     with Daemon(ctx.tmp / "slots", gearmand, "bw_io", name="slots-trickle", jobs=limits,
                 env={"BW_DELAY_PORT": str(delay)}) as daemon:
         for job in TRIVIAL:
-            if not wait_for(lambda j=job: _registered(gearmand, j, 1), 60, 0.05):
+            want = limits[job][0]
+            if not wait_for(lambda j=job, n=want: _registered(gearmand, j, n), 120, 0.05):
                 daemon.check()
         with TestClient(gearmand) as client:
             for job in TRIVIAL:

@@ -54,6 +54,11 @@ class Io(Worker):
         return workload
 
     @job
+    def trivial_herd(self, job: Any, workload: bytes) -> bytes:
+        """Run with 200 processes of one slot: one sleeping connection per slot."""
+        return workload
+
+    @job
     async def trivial_one_slot(self, job: Any, workload: bytes) -> bytes:
         return workload
 
