@@ -66,6 +66,10 @@ class NetDriver(DriverProcess):
         return path.read_text().split() if path.exists() else []
 
 
+#: worker_backend "slots": the native backend's slots engine (net.work with 4 slots a process)
+SLOTS = 4
+
+
 @pytest.fixture
 def net_driver(tmp_path: Path, worker_backend: str) -> Iterator[Callable[..., NetDriver]]:
     """start(lab, config, hosts=None, env=None) -> a NetDriver serving net.work on `hosts`
@@ -74,10 +78,14 @@ def net_driver(tmp_path: Path, worker_backend: str) -> Iterator[Callable[..., Ne
 
     def start(lab: Lab, config: dict[str, Any], hosts: list[Host] | None = None,
               env: dict[str, str] | None = None) -> NetDriver:
+        if worker_backend == "slots":
+            attributes = config.get("job_runtime_attributes", {})
+            config = {**config, "job_runtime_attributes": {
+                **attributes, FUNCTION: {**attributes.get(FUNCTION, {}), "concurrency": SLOTS}}}
         base: dict[str, Any] = {
             "server": ",".join(host.server for host in hosts or lab.hosts),
             "namespaces": ["tw.net"],
-            "worker_backend": worker_backend,
+            "worker_backend": "native" if worker_backend == "slots" else worker_backend,
             "console_port": CONSOLE_PORT,
             "metrics_port": METRICS_PORT,
             "interval": 1,

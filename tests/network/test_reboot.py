@@ -20,6 +20,7 @@ KEEPALIVE = 2
 BOUND = 20.0
 
 
+@pytest.mark.parametrize("worker_backend", ["native", "pygearman", "slots"])
 def test_hard_reboot_under_an_idle_worker(lab: Callable[[int], Lab],
                                           net_driver: Callable[..., NetDriver]) -> None:
     net = lab(1)

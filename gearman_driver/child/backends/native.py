@@ -17,8 +17,8 @@ import time
 from gearman_driver.child.backends.base import drain_wakeup
 from gearman_driver.child.backends.native_conn import (
     CONNECTING,
-    DOWN,
     REGISTERING,
+    ConnectionSchedule,
     ServerConnection,
 )
 from gearman_driver.child.backends.native_jobs import ServerError, WorkerProtocol
@@ -30,7 +30,7 @@ _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 
 
-class NativeBackend(WorkerProtocol):
+class NativeBackend(WorkerProtocol, ConnectionSchedule):
     """The worker loop over our codec (gearman_driver.protocol); see the module docstring.
 
     Results: "complete" -> WORK_COMPLETE; "fail" -> WORK_FAIL; "exception" (jobs that opted
@@ -48,6 +48,7 @@ class NativeBackend(WorkerProtocol):
     """
 
     name = "native"
+    _log = log
 
     def forget_connections(self) -> None:
         for conn in self._conns:
@@ -119,30 +120,6 @@ class NativeBackend(WorkerProtocol):
         except OSError as exc:
             self._lost(conn, str(exc), logging.INFO)
 
-    def _connect_due(self, poll_interval: float) -> float:
-        """Start the reconnects that are due and move connects that took too long on to the
-        next address; return how long select may sleep."""
-        timeout = poll_interval
-        now = 0.0
-        for conn in self._conns:
-            due = conn.due
-            if due is None:
-                continue
-            now = now or time.monotonic()
-            if due <= now:
-                try:
-                    if conn.state == DOWN:
-                        conn.start_connect()
-                    else:
-                        conn.connect_timed_out()
-                except OSError as exc:
-                    self._failed(conn, str(exc))
-                now = time.monotonic()
-                due = conn.due
-            if due is not None:
-                timeout = min(timeout, max(due - now, 0.0))
-        return timeout
-
     # -- failures ------------------------------------------------------------------------
 
     def _lost(self, conn: ServerConnection, reason: str, level: int) -> None:
@@ -161,14 +138,6 @@ class NativeBackend(WorkerProtocol):
         if was_up:
             self.hooks.on_disconnected(conn.server)
         self._grab_next()
-
-    def _failed(self, conn: ServerConnection, reason: str) -> None:
-        """A connect attempt failed: say so once, then quietly retry with backoff."""
-        conn.close()
-        conn.dead = None
-        level = logging.INFO if conn.backoff.failures == 0 else logging.DEBUG
-        log.log(level, "cannot connect to %s: %s (retrying with backoff)", conn.label, reason)
-        conn.schedule_retry(time.monotonic())
 
     def _shutdown(self, sel: selectors.BaseSelector) -> None:
         """Deliver what is still buffered (the last result), then close everything."""

@@ -9,6 +9,7 @@ the loop reaps it), and reads through the strict parser.
 
 from __future__ import annotations
 
+import logging
 import select
 import selectors
 import socket
@@ -286,6 +287,48 @@ class ServerConnection:
         if on != self._want_write and self.sock is not None:
             self._want_write = on
             self.sel.modify(self.sock, _READ | _WRITE if on else _READ, self)
+
+
+class ConnectionSchedule:
+    """What both native loops (native.py's, and slots.py's on asyncio) do with their
+    connections' lives: start the reconnects that are due, leave an address that does not
+    answer for the next one, and retry a failed connect with backoff, said once."""
+
+    _conns: list[ServerConnection]
+    _log: logging.Logger
+
+    def _connect_due(self, poll_interval: float) -> float:
+        """Start the reconnects that are due and move connects that took too long on to the
+        next address; return how long the loop may sleep."""
+        timeout = poll_interval
+        now = 0.0
+        for conn in self._conns:
+            due = conn.due
+            if due is None:
+                continue
+            now = now or time.monotonic()
+            if due <= now:
+                try:
+                    if conn.state == DOWN:
+                        conn.start_connect()
+                    else:
+                        conn.connect_timed_out()
+                except OSError as exc:
+                    self._failed(conn, str(exc))
+                now = time.monotonic()
+                due = conn.due
+            if due is not None:
+                timeout = min(timeout, max(due - now, 0.0))
+        return timeout
+
+    def _failed(self, conn: ServerConnection, reason: str) -> None:
+        """A connect attempt failed: say so once, then quietly retry with backoff."""
+        conn.close()
+        conn.dead = None
+        level = logging.INFO if conn.backoff.failures == 0 else logging.DEBUG
+        self._log.log(level, "cannot connect to %s: %s (retrying with backoff)", conn.label,
+                      reason)
+        conn.schedule_retry(time.monotonic())
 
 
 def result_header(cmd: int, handle: bytes, size: int) -> bytes:

@@ -40,18 +40,21 @@ from gearman_driver.child.backends.base import (
     GearmanJob,
     JobResult,
     Server,
+    WorkerBackend,
+    drain_wakeup,
     payload_bytes,
 )
 from gearman_driver.child.backends.native_conn import (
     CONNECTING,
-    DOWN,
     GRABBING,
     READY,
     REGISTERING,
     SLEEPING,
+    ConnectionSchedule,
     ServerConnection,
     result_header,
 )
+from gearman_driver.keepalive import DEFAULT_KEEPALIVE
 from gearman_driver.protocol import (
     DEFAULT_MAX_PACKET,
     JOB_PREFIX_MAX,
@@ -169,17 +172,20 @@ class SlotJob(GearmanJob):
         self._send(encode_request(Cmd.WORK_WARNING, self.handle, payload_bytes(data)))
 
 
-class SlotsBackend:
+class SlotsBackend(ConnectionSchedule):
     """The worker side for `concurrency` slots; see the module docstring."""
 
     name = "native"
+    _log = log
 
     def __init__(self, servers: Sequence[Server], client_id: str,
                  runners: Mapping[str, SlotRunner], hooks: BackendHooks, *,
                  concurrency: int, board: SlotBoard,
                  after_job: Callable[[GearmanJob], None] | None = None,
-                 max_backoff: float = 5.0, max_workload: int = DEFAULT_MAX_PACKET) -> None:
+                 max_backoff: float = 5.0, max_workload: int = DEFAULT_MAX_PACKET,
+                 keepalive: float = DEFAULT_KEEPALIVE) -> None:
         self.servers = list(servers)
+        self.keepalive = keepalive
         self.client_id = client_id
         self.runners = {name.encode(): runner for name, runner in runners.items()}
         self.hooks = hooks
@@ -222,8 +228,9 @@ class SlotsBackend:
         self._done = loop.create_future()
         selector = LoopSelector(loop, self._service)
         self._conns = [
-            ServerConnection(server, selector, max_backoff=self.max_backoff,  # type: ignore[arg-type]
-                             max_packet=self.max_packet, write_timeout=self.write_timeout)
+            ServerConnection(server, selector,  # type: ignore[arg-type]  # its 3 calls
+                             max_backoff=self.max_backoff, max_packet=self.max_packet,
+                             write_timeout=self.write_timeout, keepalive=self.keepalive)
             for server in self.servers
         ]
         if any(not runner.is_async for runner in self.runners.values()):
@@ -238,11 +245,7 @@ class SlotsBackend:
 
     def _on_signal(self) -> None:
         assert self.hooks.wakeup_fd is not None
-        try:
-            while os.read(self.hooks.wakeup_fd, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        drain_wakeup(self.hooks.wakeup_fd)
         self._check_stop()
 
     def _tick(self) -> None:
@@ -250,21 +253,7 @@ class SlotsBackend:
         the next due time or poll interval."""
         self._check_stop()
         assert self._loop is not None
-        wait = self.hooks.poll_interval
-        now = time.monotonic()
-        for conn in self._conns:
-            due = conn.due
-            if due is not None and due <= now:
-                try:
-                    if conn.state == DOWN:
-                        conn.start_connect()
-                    else:
-                        conn.connect_timed_out()
-                except OSError as exc:
-                    self._failed(conn, str(exc))
-                due = conn.due
-            if due is not None:
-                wait = min(wait, max(due - time.monotonic(), 0.0))
+        wait = self._connect_due(self.hooks.poll_interval)
         self._loop.call_later(max(wait, 0.001), self._tick)
 
     def _check_stop(self) -> None:
@@ -304,9 +293,9 @@ class SlotsBackend:
         except ProtocolError as exc:
             self._lost(conn, f"protocol error: {exc}", logging.ERROR)
         except OSError as exc:
-            self._lost(conn, str(exc), logging.WARNING)
+            self._lost(conn, str(exc), logging.INFO)
         if conn.dead is not None:
-            self._lost(conn, conn.dead, logging.WARNING)
+            self._lost(conn, conn.dead, logging.INFO)
 
     def _echo(self, conn: ServerConnection) -> bytes:
         self._echo_seq += 1
@@ -322,10 +311,6 @@ class SlotsBackend:
         log.log(level, "closing connection to %s: %s", conn.label, reason)
         if self._grabbing is conn:
             self._grabbing, self._grabs = None, 0
-        in_hand = sum(1 for slot in self._in_hand if slot.conn is conn and not slot.abandoned)
-        if in_hand:
-            log.warning("%d jobs in hand came over the connection to %s: gearmand gives them "
-                        "to another worker; their results here are lost", in_hand, conn.label)
         was_up = conn.close()
         conn.dead = None
         conn.schedule_retry(time.monotonic())
@@ -333,13 +318,6 @@ class SlotsBackend:
             self.hooks.on_disconnected(conn.server)
         self._grab_next()
         self._maybe_done()
-
-    def _failed(self, conn: ServerConnection, reason: str) -> None:
-        conn.close()
-        conn.dead = None
-        level = logging.WARNING if conn.failures == 0 else logging.DEBUG
-        log.log(level, "cannot connect to %s: %s (retrying with backoff)", conn.label, reason)
-        conn.schedule_retry(time.monotonic())
 
     def _shutdown(self) -> None:
         for conn in self._conns:
@@ -407,7 +385,7 @@ class SlotsBackend:
     def _grab_next(self) -> None:
         """Grabs for free slots only, on one connection at a time, as many as the window
         allows (see the module docstring)."""
-        if self._stopping:
+        if self._stopping or self.hooks.should_stop():  # a stop may be in this very wake-up
             return
         free = self.concurrency - len(self._in_hand) - self._grabs
         if self._grabbing is not None:  # top the round up after a job was assigned
@@ -499,10 +477,13 @@ class SlotsBackend:
         if alive:
             conn.send_parts(_result_packet(slot.job.handle, result))
         delivered = alive and conn.dead is None
+        if not delivered:  # each of the connection's jobs: gearmand re-queues them all
+            WorkerBackend.result_lost(conn.server, slot.job.handle, slot.job.function,
+                                      conn.dead or "connection closed")
         self._in_hand.discard(slot)
         self.board.slot_sent(delivered)
         if conn.dead is not None:
-            self._lost(conn, conn.dead, logging.WARNING)
+            self._lost(conn, conn.dead, logging.INFO)
         if not self._stopping and self.hooks.should_stop():
             self._stop_taking("stop requested")
         self._grab_next()
