@@ -160,6 +160,19 @@ def test_sigterm_with_30_jobs_in_flight_completes_all_30(
     assert driver.wait_exit(30) == 0
 
 
+def test_recycling_a_process_of_slots_finishes_every_job_in_hand(
+        gearmand: int, driver_factory: Callable[..., DriverProcess]) -> None:
+    attrs = off("sl.aio")
+    attrs["sl.aio"] = {"max_jobs_per_process": 30}
+    driver = driver_factory(gearmand, {**SLOTS, "job_runtime_attributes": attrs})
+    assert driver.wait_registered("sl.wait", 1)
+    outcomes = submit_all(gearmand, "sl.wait", [b"0.2"] * 100)
+    assert [o.final for o in outcomes] == ["complete"] * 100  # none lost to a recycling
+    served = {o.result for o in outcomes}
+    assert len(served) >= 2, served  # a process took no new job past 30 and was replaced
+    assert "recycling after job" in driver.log()
+
+
 def test_scales_by_slots_up_to_max_and_back(
         gearmand: int, driver_factory: Callable[..., DriverProcess]) -> None:
     driver = driver_factory(gearmand, {**SLOTS, "max_idle_time": 1,
