@@ -20,6 +20,7 @@ from gearman_driver.child.backends.native_conn import (
     REGISTERING,
     ConnectionSchedule,
     ServerConnection,
+    echo_request,
 )
 from gearman_driver.child.backends.native_jobs import ServerError, WorkerProtocol
 from gearman_driver.protocol import ProtocolError
@@ -106,7 +107,7 @@ class NativeBackend(WorkerProtocol, ConnectionSchedule):
         try:
             if conn.state == CONNECTING:
                 if conn.finish_connect():
-                    conn.send(self._hello + self._echo(conn))
+                    conn.send(self._hello + echo_request(conn))
                 return
             if mask & _EVENT_WRITE:
                 conn.flush_some()
@@ -124,19 +125,10 @@ class NativeBackend(WorkerProtocol, ConnectionSchedule):
 
     def _lost(self, conn: ServerConnection, reason: str, level: int) -> None:
         """Close, report and schedule a reconnect; the other servers carry on."""
-        if conn.state == CONNECTING:  # every address failed (the socket may be gone already)
-            self._failed(conn, reason)
+        if not self._drop(conn, reason, level):
             return
-        if conn.sock is None:
-            return
-        log.log(level, "closing connection to %s: %s", conn.label, reason)
         if self._grabbing is conn:
             self._grabbing = None
-        was_up = conn.close()
-        conn.dead = None
-        conn.schedule_retry(time.monotonic())
-        if was_up:
-            self.hooks.on_disconnected(conn.server)
         self._grab_next()
 
     def _shutdown(self, sel: selectors.BaseSelector) -> None:

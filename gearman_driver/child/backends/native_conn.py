@@ -9,7 +9,9 @@ the loop reaps it), and reads through the strict parser.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import select
 import selectors
 import socket
@@ -17,6 +19,7 @@ import struct
 import time
 
 from gearman_driver.child.backends.base import (
+    BackendHooks,
     GearmanJob,
     Server,
     payload_bytes,
@@ -296,6 +299,7 @@ class ConnectionSchedule:
 
     _conns: list[ServerConnection]
     _log: logging.Logger
+    hooks: BackendHooks
 
     def _connect_due(self, poll_interval: float) -> float:
         """Start the reconnects that are due and move connects that took too long on to the
@@ -321,6 +325,23 @@ class ConnectionSchedule:
                 timeout = min(timeout, max(due - now, 0.0))
         return timeout
 
+    def _drop(self, conn: ServerConnection, reason: str, level: int) -> bool:
+        """A connection failed: close it, say why, schedule its reconnect, tell the hooks if
+        it had been registered; False when there was nothing to close (the loop's own state
+        about it is the caller's)."""
+        if conn.state == CONNECTING:  # every address failed (the socket may be gone already)
+            self._failed(conn, reason)
+            return False
+        if conn.sock is None:
+            return False
+        self._log.log(level, "closing connection to %s: %s", conn.label, reason)
+        was_up = conn.close()
+        conn.dead = None
+        conn.schedule_retry(time.monotonic())
+        if was_up:
+            self.hooks.on_disconnected(conn.server)
+        return True
+
     def _failed(self, conn: ServerConnection, reason: str) -> None:
         """A connect attempt failed: say so once, then quietly retry with backoff."""
         conn.close()
@@ -329,6 +350,16 @@ class ConnectionSchedule:
         self._log.log(level, "cannot connect to %s: %s (retrying with backoff)", conn.label,
                       reason)
         conn.schedule_retry(time.monotonic())
+
+
+_echoes = itertools.count(1)
+
+
+def echo_request(conn: ServerConnection) -> bytes:
+    """The ECHO_REQ that follows the CAN_DOs: its answer proves gearmand processed them; the
+    token (unique in this process) is kept on the connection to recognise that answer."""
+    conn.token = b"gearman-driver:%d:%d" % (os.getpid(), next(_echoes))
+    return encode_request(Cmd.ECHO_REQ, conn.token)
 
 
 def result_header(cmd: int, handle: bytes, size: int) -> bytes:

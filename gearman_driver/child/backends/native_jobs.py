@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import os
 import selectors
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -96,7 +95,6 @@ class WorkerProtocol(WorkerBackend):
         hello.append(encode_request(Cmd.RESET_ABILITIES))
         hello.extend(encode_request(Cmd.CAN_DO, name) for name in self.runners)
         self._hello = b"".join(hello)
-        self._echo_seq = 0
         self._conns: list[ServerConnection] = []
         self._ready: deque[ServerConnection] = deque()
         self._grabbing: ServerConnection | None = None
@@ -109,11 +107,6 @@ class WorkerProtocol(WorkerBackend):
     @abc.abstractmethod
     def _lost(self, conn: ServerConnection, reason: str, level: int) -> None:
         """Close, report and schedule a reconnect."""
-
-    def _echo(self, conn: ServerConnection) -> bytes:
-        self._echo_seq += 1
-        conn.token = b"gearman-driver:%d:%d" % (os.getpid(), self._echo_seq)
-        return encode_request(Cmd.ECHO_REQ, conn.token)
 
     # -- packets -------------------------------------------------------------------------
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import selectors
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +50,7 @@ from gearman_driver.child.backends.native_conn import (
     SLEEPING,
     ConnectionSchedule,
     ServerConnection,
+    echo_request,
     result_header,
 )
 from gearman_driver.keepalive import DEFAULT_KEEPALIVE
@@ -209,7 +208,6 @@ class SlotsBackend(ConnectionSchedule):
         self._empty = False  # a NO_JOB came in this round: sleep once every grab is answered
         self._in_hand: set[_InHand] = set()
         self._stopping = False
-        self._echo_seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._pool: ThreadPoolExecutor | None = None
@@ -283,7 +281,7 @@ class SlotsBackend(ConnectionSchedule):
             if conn.state == CONNECTING:
                 if conn.finish_connect():
                     self._lives[id(conn)] = self._lives.get(id(conn), 0) + 1
-                    conn.send(self._hello + self._echo(conn))
+                    conn.send(self._hello + echo_request(conn))
                 return
             if mask & _WRITE:
                 conn.flush_some()
@@ -297,25 +295,11 @@ class SlotsBackend(ConnectionSchedule):
         if conn.dead is not None:
             self._lost(conn, conn.dead, logging.INFO)
 
-    def _echo(self, conn: ServerConnection) -> bytes:
-        self._echo_seq += 1
-        conn.token = b"gearman-driver:%d:%d" % (os.getpid(), self._echo_seq)
-        return encode_request(Cmd.ECHO_REQ, conn.token)
-
     def _lost(self, conn: ServerConnection, reason: str, level: int) -> None:
-        if conn.state == CONNECTING:
-            self._failed(conn, reason)
+        if not self._drop(conn, reason, level):
             return
-        if conn.sock is None:
-            return
-        log.log(level, "closing connection to %s: %s", conn.label, reason)
         if self._grabbing is conn:
             self._grabbing, self._grabs = None, 0
-        was_up = conn.close()
-        conn.dead = None
-        conn.schedule_retry(time.monotonic())
-        if was_up:
-            self.hooks.on_disconnected(conn.server)
         self._grab_next()
         self._maybe_done()
 
